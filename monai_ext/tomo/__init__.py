@@ -1,0 +1,25 @@
+"""CT/CBCT geometries, Joseph projectors (forward and exact adjoint), FBP and FDK."""
+
+from .analytic import FBP, FILTERS, fbp, fdk, filter_projections, parker_weights, ramp_filter
+from .geometry import ConeBeamGeometry, FanBeamGeometry, ParallelBeamGeometry, short_scan_angles, uniform_angles
+from .projectors import ConeBeamProjector, FanBeamProjector, ParallelBeamProjector, RayProjector, projector_for
+
+__all__ = [
+    "FBP",
+    "FILTERS",
+    "fbp",
+    "fdk",
+    "filter_projections",
+    "parker_weights",
+    "ramp_filter",
+    "ParallelBeamGeometry",
+    "FanBeamGeometry",
+    "ConeBeamGeometry",
+    "uniform_angles",
+    "short_scan_angles",
+    "RayProjector",
+    "ParallelBeamProjector",
+    "FanBeamProjector",
+    "ConeBeamProjector",
+    "projector_for",
+]
