@@ -12,3 +12,15 @@ Subpackages, grouped by domain:
 """
 
 __version__ = "0.1.0"
+
+import importlib as _importlib
+
+_SUBPACKAGES = ("deq", "io", "metrics", "networks", "pet", "phantoms", "tomo", "transforms", "workflows")
+
+
+def __getattr__(name: str):
+    # subpackages load on first use, so that bundle configs can write ``$import monai_ext`` and then
+    # ``monai_ext.tomo.uniform_angles(...)`` without importing every domain up front
+    if name in _SUBPACKAGES:
+        return _importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

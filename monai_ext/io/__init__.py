@@ -1,0 +1,27 @@
+"""File input/output shared by the bundles: atomic NIfTI/PNG/JSON writers and projection files with sidecars."""
+
+from .datalists import tomography_cases
+from .files import (
+    atomic_path,
+    geometry_from_dict,
+    geometry_to_dict,
+    load_nifti,
+    load_projections,
+    save_json,
+    save_nifti,
+    save_png,
+    save_projections,
+)
+
+__all__ = [
+    "tomography_cases",
+    "atomic_path",
+    "save_nifti",
+    "load_nifti",
+    "save_png",
+    "save_json",
+    "geometry_to_dict",
+    "geometry_from_dict",
+    "save_projections",
+    "load_projections",
+]

@@ -1,0 +1,176 @@
+"""Glue between MONAI engines and reconstruction tasks, shared by every bundle's ``inference.json``.
+
+- :class:`KeyedPrepareBatch`: feeds ``batch[input_key]`` to the network (a sinogram, projections, ...), with
+  ``batch[target_key]`` as the optional reference.
+- :class:`SaveReconstructiond`: writes each reconstruction as NIfTI plus a PNG preview, atomically.
+- :class:`ReconstructionSummary`: a handler that scores each case (PSNR, SSIM, relative error when a reference
+  exists), logs one line per run and writes ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.engines.utils import PrepareBatch
+from monai.transforms import MapTransform
+
+from monai_ext.io import save_json, save_nifti, save_png
+from monai_ext.metrics import psnr, relative_error, ssim
+
+__all__ = ["KeyedPrepareBatch", "SaveReconstructiond", "ReconstructionSummary"]
+
+
+class KeyedPrepareBatch(PrepareBatch):
+    """``prepare_batch`` for MONAI engines that reads the network input and target from named keys.
+
+    Args:
+        input_key: batch key of the network input.
+        target_key: batch key of the reference (``None``: no target, as for inference on measured data).
+    """
+
+    def __init__(self, input_key: str, target_key: str | None = None) -> None:
+        self.input_key, self.target_key = input_key, target_key
+
+    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
+        if self.input_key not in batchdata:
+            raise KeyError(f"batch lacks the network input key {self.input_key!r}; it has {sorted(batchdata)}.")
+        inputs = batchdata[self.input_key].to(device=device, non_blocking=non_blocking, **kwargs)
+        target = batchdata.get(self.target_key) if self.target_key else None
+        if isinstance(target, torch.Tensor):
+            target = target.to(device=device, non_blocking=non_blocking, **kwargs)
+        return inputs, target
+
+
+def _spatial(t) -> np.ndarray:
+    arr = t.detach().cpu().float().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, np.float32)
+    return arr[0] if arr.ndim in (3, 4) and arr.shape[0] == 1 else arr
+
+
+def _preview(volume: np.ndarray) -> np.ndarray:
+    return volume[volume.shape[0] // 2] if volume.ndim == 3 else volume
+
+
+class SaveReconstructiond(MapTransform):
+    """Write ``data[key]`` (``(1, *spatial)``) to ``output_dir/<name>_<suffix>.nii.gz`` and a PNG preview.
+
+    The PNG shows the reference (if ``reference_key`` is present), the reconstruction and the absolute error;
+    for a volume, its central axial slice.
+
+    Args:
+        keys: the reconstruction key (usually ``"pred"``).
+        output_dir: destination folder (created).
+        name_key: key holding the case name (``"name"``); falls back to ``case<i>``.
+        reference_key: key of the reference image, if any.
+        spacing_key: key of the voxel size in mm (array order), written to the NIfTI header.
+        suffix: file name suffix.
+    """
+
+    def __init__(
+        self,
+        keys,
+        output_dir: str,
+        name_key: str = "name",
+        reference_key: str | None = "reference",
+        spacing_key: str = "spacing",
+        suffix: str = "recon",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = Path(output_dir)
+        self.name_key, self.reference_key, self.spacing_key, self.suffix = name_key, reference_key, spacing_key, suffix
+        self._count = 0
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        name = str(d.get(self.name_key, f"case{self._count}"))
+        self._count += 1
+        spacing = d.get(self.spacing_key)
+        if spacing is not None:
+            spacing = [float(v) for v in (spacing.reshape(-1) if isinstance(spacing, torch.Tensor) else spacing)]
+        for key in self.key_iterator(d):
+            recon = _spatial(d[key])
+            nifti = save_nifti(recon, self.output_dir / f"{name}_{self.suffix}.nii.gz", spacing=spacing)
+            panels = [(f"{self.suffix}", _preview(recon))]
+            ref = d.get(self.reference_key) if self.reference_key else None
+            if ref is not None:
+                ref = _spatial(ref)
+                panels = [("reference", _preview(ref)), *panels, ("|error|", np.abs(_preview(recon) - _preview(ref)))]
+            save_png(panels, self.output_dir / f"{name}_{self.suffix}.png")
+            d[f"{key}_file"] = str(nifti)
+        return d
+
+
+class ReconstructionSummary:
+    """Handler: per-case PSNR/SSIM/relative error against the reference, one log line, ``summary.json``.
+
+    Args:
+        output_dir: where ``summary.json`` is written.
+        bundle: bundle name shown in the log line.
+        method: method name shown in the log line.
+        pred_key: reconstruction key in ``engine.state.output``.
+        reference_key: reference key (MONAI evaluators put the target under ``"label"``); cases without it are
+            reported without metrics.
+        name_key: case name key.
+        data_range: PSNR/SSIM range (default: each reference's range).
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        bundle: str,
+        method: str,
+        pred_key: str = "pred",
+        reference_key: str = "label",
+        name_key: str = "name",
+        data_range: float | None = None,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.bundle, self.method = bundle, method
+        self.pred_key, self.reference_key, self.name_key, self.data_range = pred_key, reference_key, name_key, data_range
+        self.cases: list[dict] = []
+        self.logger = logging.getLogger(bundle)
+        self._start = time.perf_counter()
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
+        engine.add_event_handler(Events.COMPLETED, self._completed)
+
+    def _started(self, engine) -> None:
+        self.cases, self._start = [], time.perf_counter()
+
+    def _iteration(self, engine) -> None:
+        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
+        batches = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
+        for batch, output in zip(batches, outputs):
+            item = {**batch, **output}
+            case = {"name": str(item.get(self.name_key, f"case{len(self.cases)}"))}
+            if f"{self.pred_key}_file" in item:
+                case["file"] = str(item[f"{self.pred_key}_file"])
+            ref = item.get(self.reference_key)
+            if ref is not None:
+                pred = item[self.pred_key]
+                case.update(
+                    psnr_db=round(psnr(pred, ref, self.data_range), 3),
+                    ssim=round(ssim(pred, ref, self.data_range), 4),
+                    relative_error=round(relative_error(pred, ref), 5),
+                )
+            self.cases.append(case)
+
+    def _completed(self, engine) -> None:
+        seconds = time.perf_counter() - self._start
+        summary = {"bundle": self.bundle, "method": self.method, "seconds": round(seconds, 2), "cases": self.cases}
+        scored = [c for c in self.cases if "psnr_db" in c]
+        if scored:
+            summary["mean_psnr_db"] = round(float(np.mean([c["psnr_db"] for c in scored])), 3)
+            summary["mean_ssim"] = round(float(np.mean([c["ssim"] for c in scored])), 4)
+        save_json(summary, self.output_dir / "summary.json")
+        scores = f"PSNR {summary['mean_psnr_db']:.2f} dB, SSIM {summary['mean_ssim']:.3f}" if scored else "no reference"
+        self.logger.info(f"{self.bundle}: {self.method} on {len(self.cases)} case(s): {scores}, {seconds:.1f} s -> {self.output_dir}")
