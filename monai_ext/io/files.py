@@ -82,6 +82,8 @@ def save_nifti(data, path: str | os.PathLike, spacing=None, affine=None, time_st
     if time_step is not None:
         spatial = np.moveaxis(arr, 0, -1)  # (..., t)
         out = np.transpose(spatial, tuple(range(n_spatial - 1, -1, -1)) + (n_spatial,))
+        if n_spatial == 2:  # NIfTI keeps time on the 4th axis: (x, y, 1, t)
+            out = out[:, :, None, :]
     else:
         out = np.transpose(arr, tuple(range(n_spatial - 1, -1, -1)))
     if affine is None:
@@ -122,8 +124,9 @@ def load_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"NIfTI file {path} contains non-finite values.")
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
-    if data.ndim == 4:  # (x, y, z, t) -> (t, z, y, x)
-        return np.ascontiguousarray(np.transpose(data, (3, 2, 1, 0))), img.affine
+    if data.ndim == 4:  # (x, y, z, t) -> (t, z, y, x), or (t, y, x) for a single slice
+        series = np.transpose(data, (3, 2, 1, 0))
+        return np.ascontiguousarray(series[:, 0] if series.shape[1] == 1 else series), img.affine
     if data.ndim > 4:
         raise ValueError(f"NIfTI file {path} has {data.ndim} dimensions; expected 2 to 4.")
     return np.ascontiguousarray(np.transpose(data, tuple(range(data.ndim - 1, -1, -1)))), img.affine

@@ -1,0 +1,76 @@
+"""Every bundle: metadata valid against the MONAI schema, configs parse, and inference runs on its example case."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
+BUNDLES = sorted(p for p in (ROOT / "bundles").iterdir() if p.is_dir())
+OFFICIAL_SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
+
+
+def test_there_are_bundles():
+    assert BUNDLES, "no bundle under bundles/"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_bundle_layout(bundle):
+    for rel in ("configs/metadata.json", "configs/inference.json", "configs/logging.conf", "docs/README.md", "LICENSE", "models"):
+        assert (bundle / rel).exists(), f"{bundle.name} lacks {rel}"
+    meta = json.loads((bundle / "configs/metadata.json").read_text())
+    assert meta["schema"] == OFFICIAL_SCHEMA_URL
+    assert meta["version"] in meta["changelog"], "the changelog must describe the current version"
+    assert "monai_ext" in meta["required_packages_version"]
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_verify_metadata_offline(bundle, tmp_path):
+    if not SCHEMA.is_file():
+        pytest.skip(f"schema file not found at {SCHEMA}")
+    cmd = [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(bundle / "configs/metadata.json"), "--filepath", str(SCHEMA)]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "metadata is verified with no error" in (result.stdout + result.stderr)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_configs_parse(bundle):
+    from monai.bundle import ConfigParser
+
+    for config in sorted((bundle / "configs").glob("*.json")):
+        parser = ConfigParser()
+        parser.read_config(str(config))
+        parser.parse()
+        if config.name != "metadata.json":
+            for key in ("bundle_root", "device"):
+                assert key in parser.config, f"{config.name} lacks '{key}'"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_inference_runs_on_builtin_example_from_any_directory(bundle, tmp_path):
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run",
+        "--config_file", str(bundle / "configs/inference.json"),
+        "--bundle_root", str(bundle),
+        "--output_dir", str(out),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cases"], "no case was reconstructed"
+    for case in summary["cases"]:
+        nifti = Path(case["file"])
+        assert nifti.is_file() and nifti.with_name(nifti.name.replace(".nii.gz", ".png")).is_file()
+        import nibabel as nib
+
+        data = np.asarray(nib.load(str(nifti)).dataobj)
+        assert np.isfinite(data).all() and data.std() > 0
+    assert summary.get("mean_psnr_db", 0) > 20.0, summary

@@ -1,0 +1,110 @@
+"""File input/output: atomic writes, round trips, clear errors for corrupt or incomplete files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from monai_ext.io import (
+    atomic_path,
+    geometry_from_dict,
+    geometry_to_dict,
+    load_nifti,
+    load_projections,
+    save_nifti,
+    save_projections,
+    tomography_cases,
+)
+from monai_ext.tomo import ConeBeamGeometry, ParallelBeamGeometry, uniform_angles
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "result.txt"
+    target.write_text("precious")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half-writ")
+            raise RuntimeError("interrupted")
+    assert target.read_text() == "precious"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.txt"]
+
+
+def test_nifti_round_trip_keeps_axis_order_and_spacing(tmp_path):
+    vol = np.random.default_rng(0).random((5, 6, 7)).astype(np.float32)
+    path = save_nifti(vol, tmp_path / "v.nii.gz", spacing=(3.0, 2.0, 1.0))
+    back, affine = load_nifti(path)
+    assert np.array_equal(back, vol)
+    assert np.allclose(np.diag(affine)[:3], [1.0, 2.0, 3.0])  # NIfTI (x, y, z)
+    series = np.random.default_rng(1).random((4, 8, 9)).astype(np.float32)  # (t, y, x)
+    path_t = save_nifti(series, tmp_path / "t.nii.gz", spacing=2.0, time_step=60.0)
+    back_t, _ = load_nifti(path_t)
+    assert np.array_equal(back_t, series)
+    import nibabel as nib
+
+    header = nib.load(str(path_t)).header
+    assert header.get_data_shape() == (9, 8, 1, 4) and header.get_zooms()[3] == 60.0
+
+
+def test_corrupt_nifti_is_named(tmp_path):
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"\x1f\x8b\x08\x00garbage")
+    with pytest.raises(ValueError, match="broken.nii.gz"):
+        load_nifti(bad)
+    with pytest.raises(ValueError, match="non-finite"):
+        save_nifti(np.array([[np.nan, 1.0]]), tmp_path / "nan.nii.gz")
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".nii.gz"])
+def test_projection_files_round_trip(tmp_path, suffix):
+    geom = ConeBeamGeometry((8, 8, 8), 2.0, uniform_angles(5, 2 * math.pi), (4, 6), 3.0, source_to_center=100, source_to_detector=150)
+    proj = torch.rand(5, 4, 6)
+    path = save_projections(proj, geom, tmp_path / f"scan{suffix}", extra={"i0": 1e5})
+    back, geom_back, meta = load_projections(path)
+    assert torch.allclose(back, proj) and geom_back == geom and meta["i0"] == 1e5
+
+
+def test_projection_file_errors_name_the_problem(tmp_path):
+    geom = ParallelBeamGeometry((8, 8), 1.0, uniform_angles(4), n_det=11)
+    path = save_projections(torch.rand(4, 11), geom, tmp_path / "s.npz")
+    sidecar = tmp_path / "s.json"
+    spec = json.loads(sidecar.read_text())
+    del spec["geometry"]["n_det"]
+    sidecar.write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="lacks field.*n_det"):
+        load_projections(path)
+    sidecar.unlink()
+    with pytest.raises(FileNotFoundError, match="sidecar"):
+        load_projections(path)
+    save_projections(torch.rand(4, 11), geom, path)
+    spec = json.loads(sidecar.read_text())
+    spec["geometry"]["n_det"] = 13
+    sidecar.write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=r"expects \(4, 13\)"):
+        load_projections(path)
+    with pytest.raises(ValueError, match="unknown geometry type"):
+        geometry_from_dict({"type": "HelicalGeometry"})
+
+
+def test_geometry_dict_round_trip():
+    geom = ParallelBeamGeometry((16, 12), (1.0, 0.5), uniform_angles(7), n_det=21, det_spacing=0.7, det_offset=0.2)
+    assert geometry_from_dict(json.loads(json.dumps(geometry_to_dict(geom)))) == geom
+
+
+def test_tomography_cases(tmp_path):
+    geom = ParallelBeamGeometry((16, 16), 1.0, uniform_angles(6), n_det=23)
+    example = tomography_cases("", geom)
+    assert example[0]["name"] == "shepp_logan_example" and example[0]["image"].shape == (1, 16, 16)
+    save_nifti(np.zeros((16, 16), np.float32), tmp_path / "img.nii.gz")
+    save_projections(torch.rand(6, 23), geom, tmp_path / "meas.npz")
+    cases = tomography_cases(str(tmp_path), geom)
+    assert sorted(c["name"] for c in cases) == ["img", "meas"]
+    other = ParallelBeamGeometry((16, 16), 1.0, uniform_angles(6), n_det=25)
+    save_projections(torch.rand(6, 25), other, tmp_path / "meas.npz")
+    with pytest.raises(ValueError, match="different from the bundle"):
+        tomography_cases(str(tmp_path), geom)
+    with pytest.raises(FileNotFoundError):
+        tomography_cases(str(tmp_path / "missing"), geom)
