@@ -37,6 +37,23 @@ if HAS_NUMBA:
                 axis, best = a, s
         return axis, spacing[axis] / abs(dirs[r, axis]), 1.0 / dirs[r, axis]
 
+    @njit(**_JIT)
+    def _minor_line(origins, dirs, r, a, b, inv, shape, spacing):
+        """``q(k) = q0 + k * dq``: continuous index along minor axis ``b`` of ray ``r`` at plane ``k`` of axis ``a``."""
+        db = dirs[r, b] / spacing[b]
+        q0 = origins[r, b] / spacing[b] + 0.5 * (shape[b] - 1) + (-0.5 * (shape[a] - 1) * spacing[a] - origins[r, a]) * inv * db
+        return q0, spacing[a] * inv * db
+
+    @njit(**_JIT)
+    def _plane_range(q0, dq, nb, k0, k1):
+        """Narrow ``[k0, k1)`` to the planes where ``-1 < q0 + k dq < nb`` (the ray touches the image), with margin."""
+        if dq == 0.0:
+            return (k0, k1) if -1.0 < q0 < nb else (0, 0)
+        lo, hi = (-1.0 - q0) / dq, (nb - q0) / dq
+        if lo > hi:
+            lo, hi = hi, lo
+        return max(k0, int(math.floor(lo)) - 1), min(k1, int(math.ceil(hi)) + 2)
+
     @njit(parallel=True, **_JIT)
     def _forward_2d(image, origins, dirs, shape, spacing, strides, out):
         n_rays = origins.shape[0]
@@ -46,11 +63,11 @@ if HAS_NUMBA:
                 a, weight, inv = _ray_setup(origins, dirs, r, shape, spacing)
                 b = 1 - a
                 na, nb, sa, sb = shape[a], shape[b], strides[a], strides[b]
-                ob, db, hb = origins[r, b] / spacing[b], dirs[r, b] / spacing[b], 0.5 * (nb - 1)
+                q0, dq = _minor_line(origins, dirs, r, a, b, inv, shape, spacing)
+                k_lo, k_hi = _plane_range(q0, dq, nb, 0, na)
                 acc = 0.0
-                for k in range(na):
-                    t = ((k - 0.5 * (na - 1)) * spacing[a] - origins[r, a]) * inv
-                    q = ob + t * db + hb
+                for k in range(k_lo, k_hi):
+                    q = q0 + k * dq
                     i0 = int(math.floor(q))
                     f = q - i0
                     if 0 <= i0 < nb:
@@ -70,11 +87,11 @@ if HAS_NUMBA:
                     a, weight, inv = _ray_setup(origins, dirs, r, shape, spacing)
                     b = 1 - a
                     na, nb, sa, sb = shape[a], shape[b], strides[a], strides[b]
-                    ob, db, hb = origins[r, b] / spacing[b], dirs[r, b] / spacing[b], 0.5 * (nb - 1)
+                    q0, dq = _minor_line(origins, dirs, r, a, b, inv, shape, spacing)
+                    k_lo, k_hi = _plane_range(q0, dq, nb, 0, na)
                     w = weight * p[r]
-                    for k in range(na):
-                        t = ((k - 0.5 * (na - 1)) * spacing[a] - origins[r, a]) * inv
-                        q = ob + t * db + hb
+                    for k in range(k_lo, k_hi):
+                        q = q0 + k * dq
                         i0 = int(math.floor(q))
                         f = q - i0
                         if 0 <= i0 < nb:
@@ -96,12 +113,13 @@ if HAS_NUMBA:
                 b, c = _minor_axes(a)
                 na, nb, nc = shape[a], shape[b], shape[c]
                 sa, sb, sc = strides[a], strides[b], strides[c]
-                ob, db, hb = origins[r, b] / spacing[b], dirs[r, b] / spacing[b], 0.5 * (nb - 1)
-                oc, dc, hc = origins[r, c] / spacing[c], dirs[r, c] / spacing[c], 0.5 * (nc - 1)
+                qb0, dqb = _minor_line(origins, dirs, r, a, b, inv, shape, spacing)
+                qc0, dqc = _minor_line(origins, dirs, r, a, c, inv, shape, spacing)
+                k_lo, k_hi = _plane_range(qb0, dqb, nb, 0, na)
+                k_lo, k_hi = _plane_range(qc0, dqc, nc, k_lo, k_hi)
                 acc = 0.0
-                for k in range(na):
-                    t = ((k - 0.5 * (na - 1)) * spacing[a] - origins[r, a]) * inv
-                    qb, qc = ob + t * db + hb, oc + t * dc + hc
+                for k in range(k_lo, k_hi):
+                    qb, qc = qb0 + k * dqb, qc0 + k * dqc
                     ib, ic = int(math.floor(qb)), int(math.floor(qc))
                     fb, fc = qb - ib, qc - ic
                     if ib < -1 or ib >= nb or ic < -1 or ic >= nc:
@@ -130,12 +148,13 @@ if HAS_NUMBA:
                     b, c = _minor_axes(a)
                     na, nb, nc = shape[a], shape[b], shape[c]
                     sa, sb, sc = strides[a], strides[b], strides[c]
-                    ob, db, hb = origins[r, b] / spacing[b], dirs[r, b] / spacing[b], 0.5 * (nb - 1)
-                    oc, dc, hc = origins[r, c] / spacing[c], dirs[r, c] / spacing[c], 0.5 * (nc - 1)
+                    qb0, dqb = _minor_line(origins, dirs, r, a, b, inv, shape, spacing)
+                    qc0, dqc = _minor_line(origins, dirs, r, a, c, inv, shape, spacing)
+                    k_lo, k_hi = _plane_range(qb0, dqb, nb, 0, na)
+                    k_lo, k_hi = _plane_range(qc0, dqc, nc, k_lo, k_hi)
                     w = weight * p[r]
-                    for k in range(na):
-                        t = ((k - 0.5 * (na - 1)) * spacing[a] - origins[r, a]) * inv
-                        qb, qc = ob + t * db + hb, oc + t * dc + hc
+                    for k in range(k_lo, k_hi):
+                        qb, qc = qb0 + k * dqb, qc0 + k * dqc
                         ib, ic = int(math.floor(qb)), int(math.floor(qc))
                         fb, fc = qb - ib, qc - ic
                         if ib < -1 or ib >= nb or ic < -1 or ic >= nc:
