@@ -14,13 +14,18 @@ fi
 source "$ROOT/.venv/bin/activate"
 REQS=("$ROOT/requirements.txt" "$@")
 STAMP="$ROOT/.venv/.installed-$(cat "${REQS[@]}" "$ROOT/pyproject.toml" | sha1sum | cut -c1-12)"
+pip_install() {
+    # quiet, minus the notices some pip configurations print for every missing local index folder
+    python -m pip install --quiet --disable-pip-version-check "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+    return "${PIPESTATUS[0]}"
+}
 if [ ! -f "$STAMP" ]; then
     echo "[setup] installing requirements into .venv (first run only)"
-    python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
+    pip_install "torch==2.13.0"
     for r in "${REQS[@]}"; do
-        python -m pip install --quiet --disable-pip-version-check -r "$r"
+        pip_install -r "$r"
     done
-    python -m pip install --quiet --disable-pip-version-check --no-deps -e "$ROOT"
+    pip_install --no-deps -e "$ROOT"
     if python -m pip list 2>/dev/null | grep -qiE '^(torchvision|torchaudio) '; then
         echo "[setup] torchvision/torchaudio found in .venv: they pull CUDA builds; remove them" >&2
         exit 1
