@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from monai.networks.layers.convutils import gaussian_1d
 from monai.networks.layers.simplelayers import separable_filtering
 
 from ..tomo import ParallelBeamGeometry, ParallelBeamProjector
@@ -29,8 +28,8 @@ class GaussianPSF(torch.nn.Module):
     """Separable image-space Gaussian blur with zero padding; self-adjoint.
 
     ``(G x)_i = sum_j g(i - j) x_j`` over the image (zero outside), with ``g`` a product of 1D kernels: the
-    Gaussian of the given FWHM integrated over each pixel (MONAI ``gaussian_1d(approx="erf")``), truncated at 4
-    sigma and normalised to sum 1. The kernel is symmetric and the padding is zero, so ``G^T = G`` exactly
+    Gaussian of the given FWHM integrated over each pixel, truncated at 4 sigma and normalised to sum 1 (in float64;
+    MONAI's ``gaussian_1d`` computes in float32), applied with MONAI's ``separable_filtering``. The kernel is symmetric and the padding is zero, so ``G^T = G`` exactly
     (``adjoint`` is ``forward``); mass is lost only across the image border.
 
     Args:
@@ -63,7 +62,8 @@ class GaussianPSF(torch.nn.Module):
             if sigma < 1e-3:  # narrower than a thousandth of a pixel: identity along this axis
                 kernels.append(torch.ones(1, dtype=torch.float64))
             else:
-                k = gaussian_1d(torch.tensor(sigma, dtype=torch.float64), truncated=4.0, approx="erf")
+                edges = (torch.arange(-math.ceil(4.0 * sigma), math.ceil(4.0 * sigma) + 2, dtype=torch.float64) - 0.5) / sigma
+                k = torch.diff(torch.special.erf(edges / math.sqrt(2.0)))  # the Gaussian integrated over each pixel
                 kernels.append(k / k.sum())
         self.kernels = kernels
         self.is_identity = all(k.numel() == 1 for k in kernels)
@@ -129,7 +129,7 @@ class PETSystemModel(torch.nn.Module):
         >>> geom = DEMO_SCANNER.sinogram_geometry((32, 32), 8.0)
         >>> model = PETSystemModel(geom, psf_fwhm=8.0, mu_map=torch.full((32, 32), 0.0096))
         >>> model(torch.ones(2, 20, 32, 32)).shape
-        torch.Size([2, 20, 80, 47])
+        torch.Size([2, 20, 80, 77])
     """
 
     def __init__(
@@ -221,7 +221,9 @@ class PETSystemModel(torch.nn.Module):
         return GaussianPSF((axial, transaxial, transaxial), (plane_spacing or 1.0, dy, dx), spatial_dims=3)
 
     # -- factors -------------------------------------------------------------------------------------------
-    def _sinogram_factor(self, name: str, value, allow_scalar: bool = False) -> torch.Tensor | None:
+    def check_sinogram_factor(self, name: str, value, allow_scalar: bool = False) -> torch.Tensor | None:
+        """``value`` as a detached tensor broadcastable to ``(B, C, *sinogram_shape)`` (a bare ``sinogram_shape``
+        tensor gains two leading axes), checked finite and non-negative; ``None`` stays ``None``."""
         if value is None:
             return None
         if not isinstance(value, torch.Tensor):
@@ -252,7 +254,7 @@ class PETSystemModel(torch.nn.Module):
         mu = mu_map.detach()
         if mu.ndim == len(self.image_shape):
             mu = mu[None, None]
-        self._check_image("mu_map", mu)
+        self.check_image("mu_map", mu)
         if mu.shape[1] != 1:
             raise ValueError(f"mu_map must have one channel (B, 1, ...), got shape {tuple(mu_map.shape)}.")
         if (mu < 0).any():
@@ -263,19 +265,19 @@ class PETSystemModel(torch.nn.Module):
 
     def set_attenuation_factors(self, factors: torch.Tensor | None) -> None:
         """Set ``a`` directly (``None`` for no attenuation)."""
-        self.attenuation_factors = self._sinogram_factor("attenuation_factors", factors)
+        self.attenuation_factors = self.check_sinogram_factor("attenuation_factors", factors)
 
     def set_normalisation(self, normalisation: torch.Tensor | None) -> None:
         """Set ``n`` (``None`` for ones)."""
-        self.normalisation = self._sinogram_factor("normalisation", normalisation)
+        self.normalisation = self.check_sinogram_factor("normalisation", normalisation)
 
     def set_scale(self, scale: float | torch.Tensor) -> None:
         """Set ``s``: a float or a tensor such as ``(1, T, 1, 1)`` (sensitivity x frame duration)."""
-        self.scale = self._sinogram_factor("scale", scale, allow_scalar=True)
+        self.scale = self.check_sinogram_factor("scale", scale, allow_scalar=True)
 
     def set_background(self, background: torch.Tensor | None) -> None:
         """Set the expected background ``b`` (counts; ``None`` for zero)."""
-        self.background = self._sinogram_factor("background", background)
+        self.background = self.check_sinogram_factor("background", background)
 
     def multiplicative_factor(self) -> torch.Tensor:
         """``m = s * a * n``, broadcastable to ``(B, C, *sinogram_shape)``."""
@@ -297,7 +299,8 @@ class PETSystemModel(torch.nn.Module):
             raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}.")
         check_finite(name, t)
 
-    def _check_image(self, name: str, x: torch.Tensor) -> None:
+    def check_image(self, name: str, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` naming ``name`` unless ``x`` is a finite ``(B, C, *image_shape)`` tensor."""
         self._check(name, x, self.image_shape)
 
     def check_sinogram(self, name: str, y: torch.Tensor) -> None:
@@ -330,7 +333,7 @@ class PETSystemModel(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``A x``: expected true counts of images ``x`` ``(B, C, *image_shape)``, shape ``(B, C, *sinogram_shape)``."""
-        self._check_image("x", x)
+        self.check_image("x", x)
         return self._project(self.psf(x)) * self._factor_like(self.multiplicative_factor(), x, "factors")
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
@@ -341,7 +344,7 @@ class PETSystemModel(torch.nn.Module):
     def expected_counts(self, x: torch.Tensor, background: torch.Tensor | None = None) -> torch.Tensor:
         """``A x + b`` with ``b`` = ``background`` if given, else the model's ``background`` (zero when unset)."""
         ybar = self.forward(x)
-        b = self.background if background is None else self._sinogram_factor("background", background)
+        b = self.background if background is None else self.check_sinogram_factor("background", background)
         return ybar if b is None else ybar + self._factor_like(b, ybar, "background")
 
     def sensitivity(self) -> torch.Tensor:

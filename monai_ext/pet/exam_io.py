@@ -1,0 +1,160 @@
+"""Writing and reading simulated dynamic PET exams in formats a user can open.
+
+``save_exam(exam, directory)`` writes, each file atomically through ``monai_ext.io`` (a temporary file in the same
+directory, then ``os.replace``, so a reader never sees a half-written file):
+
+- ``activity.nii.gz``: the noise-free phantom, 2D+t as a NIfTI ``(nx, ny, 1, T)`` float32 volume in kBq/mL, with
+  an affine that puts it in RAS+ (columns along +x, row 0, anterior, at the largest y) and
+  ``pixdim = (dx, dy, plane_spacing, mean frame duration)`` in mm and s; frames are not evenly spaced, so the
+  timing that counts is in ``activity.json`` (BIDS-PET ``FrameTimesStart`` / ``FrameDuration``).
+- ``mu_map.nii.gz`` (1/mm) and, for a phantom, ``labels.nii.gz`` (region index), ``(nx, ny, 1)`` on the same grid.
+- ``sinograms.npz``: ``counts``, ``trues``, ``background`` ``(T, n_views, n_bins)`` and ``attenuation_factors``,
+  ``normalisation`` ``(n_views, n_bins)``, plus region TACs and 2TCM rates for a phantom.
+- ``sinograms.json``: the geometry (scanner, sinogram geometry with its angles), the frame timing, ``D``, the
+  sensitivity, the seeds and the meaning and units of each array.
+
+``load_exam(directory)`` reads them back into a ``DynamicPETExam`` (without the ``BrainPhantom`` object).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..io import atomic_path, geometry_from_dict, geometry_to_dict, load_nifti, save_json, save_nifti
+from .kinetics import FrameSchedule, TwoTissueParameters, frame_decay_factors
+from .scanner import PETScanner
+from .simulator import DynamicPETExam
+
+__all__ = ["save_exam", "load_exam"]
+
+_FORMAT = "monai_ext.pet dynamic exam v1"
+
+
+def _ras_affine(image_shape: tuple[int, int], pixel_size: tuple[float, float], plane_spacing: float) -> np.ndarray:
+    """Voxel ``(column, row, 0)`` to RAS+ mm, centred: row 0 (anterior in ``monai_ext`` images) at the largest y."""
+    (ny, nx), (dy, dx) = image_shape, pixel_size
+    affine = np.diag([dx, -dy, plane_spacing, 1.0])
+    affine[:3, 3] = [-0.5 * (nx - 1) * dx, 0.5 * (ny - 1) * dy, 0.0]
+    return affine
+
+
+def save_exam(exam: DynamicPETExam, directory: str | os.PathLike) -> dict[str, Path]:
+    """Write ``exam`` into ``directory`` (created if needed); returns the paths written, by name.
+
+    Example:
+        >>> paths = save_exam(sim.simulate(300e6), "data/subject_000")
+        >>> sorted(paths)
+        ['activity', 'activity_json', 'labels', 'mu_map', 'sinograms', 'sinograms_json']
+    """
+    directory = Path(directory)
+    geom, scanner, schedule = exam.geometry, exam.scanner, exam.schedule
+    affine = _ras_affine(geom.image_shape, geom.pixel_size, scanner.plane_spacing)
+    paths: dict[str, Path] = {}
+    paths["activity"] = save_nifti(exam.activity, directory / "activity.nii.gz", affine=affine, time_step=float(np.mean(schedule.durations)))
+    paths["mu_map"] = save_nifti(exam.mu_map[None], directory / "mu_map.nii.gz", affine=affine)
+    if exam.phantom is not None:
+        paths["labels"] = save_nifti(exam.phantom.labels[None], directory / "labels.nii.gz", affine=affine)
+    decay = frame_decay_factors(schedule)
+    paths["activity_json"] = save_json(
+        {
+            **schedule.as_dict(),
+            "Units": "kBq/mL",
+            "ImageDecayCorrected": False,
+            "DecayCorrectionFactor": list(1.0 / decay),
+            "TracerRadionuclide": "C11",
+            "Description": "noise-free frame-average activity of a simulated dynamic PET exam (monai_ext.pet)",
+            "RegionNames": None if exam.phantom is None else list(exam.phantom.region_names),
+        },
+        directory / "activity.json",
+    )
+
+    arrays = {
+        "counts": exam.counts.cpu().numpy().astype(np.int32),
+        "trues": exam.trues.cpu().numpy(),
+        "background": exam.background.cpu().numpy(),
+        "attenuation_factors": exam.attenuation_factors.cpu().numpy(),
+        "normalisation": exam.normalisation.cpu().numpy(),
+    }
+    if exam.region_tacs is not None:
+        arrays["region_tacs"] = np.asarray(exam.region_tacs)
+    if exam.parameters is not None:
+        arrays["parameters"] = np.stack([exam.parameters.K1, exam.parameters.k2, exam.parameters.k3, exam.parameters.k4, exam.parameters.vB], -1)
+    paths["sinograms"] = directory / "sinograms.npz"
+    with atomic_path(paths["sinograms"], suffix=".npz") as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+    paths["sinograms_json"] = save_json(
+        {
+            "format": _FORMAT,
+            "scanner": dataclasses.asdict(scanner),
+            "geometry": geometry_to_dict(geom),
+            "psf_fwhm_mm": exam.psf_fwhm,
+            "schedule": schedule.as_dict(),
+            "total_counts": exam.total_counts,
+            "counts_include_background": exam.counts_include_background,
+            "sensitivity_counts_per_kBq_mL_mm_s": exam.sensitivity,
+            "noise_seed": exam.noise_seed,
+            "subject_seed": exam.subject_seed,
+            "arrays": {
+                "counts": "(T, n_views, n_bins) Poisson counts of trues + background",
+                "trues": "(T, n_views, n_bins) expected true counts, sensitivity * FrameDuration * A x",
+                "background": "(T, n_views, n_bins) expected randoms + scatter counts",
+                "attenuation_factors": "(n_views, n_bins) exp(-line integral of mu)",
+                "normalisation": "(n_views, n_bins) detector efficiency factors",
+                "region_tacs": "(R, T) frame-average activity of each region, kBq/mL (phantoms only)",
+                "parameters": "(R, 5) 2TCM rates K1, k2, k3, k4, vB per region (phantoms only)",
+            },
+            "conventions": "sinogram view angles in radians, radial bins centred, see monai_ext.tomo.geometry",
+        },
+        directory / "sinograms.json",
+    )
+    return paths
+
+
+def load_exam(directory: str | os.PathLike) -> DynamicPETExam:
+    """Read an exam written by ``save_exam``.
+
+    Raises:
+        ValueError: when ``directory`` does not hold a saved exam.
+    """
+    directory = Path(directory)
+    meta_path = directory / "sinograms.json"
+    if not meta_path.is_file():
+        raise ValueError(f"directory {str(directory)!r} holds no sinograms.json: not a saved exam.")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != _FORMAT:
+        raise ValueError(f"{meta_path} is not a {_FORMAT!r} file (format={meta.get('format')!r}).")
+    geometry = geometry_from_dict(meta["geometry"])
+    scanner = PETScanner(**meta["scanner"])
+    schedule = FrameSchedule(tuple(meta["schedule"]["FrameTimesStart"]), tuple(meta["schedule"]["FrameDuration"]))
+    with np.load(directory / "sinograms.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    parameters = None
+    if "parameters" in arrays:
+        parameters = TwoTissueParameters(*arrays["parameters"].T)
+    as_tensor = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64))  # noqa: E731
+    return DynamicPETExam(
+        scanner=scanner,
+        geometry=geometry,
+        psf_fwhm=float(meta["psf_fwhm_mm"]),
+        schedule=schedule,
+        activity=as_tensor(load_nifti(directory / "activity.nii.gz")[0]),
+        mu_map=as_tensor(load_nifti(directory / "mu_map.nii.gz")[0][0]),
+        attenuation_factors=as_tensor(arrays["attenuation_factors"]),
+        normalisation=as_tensor(arrays["normalisation"]),
+        sensitivity=float(meta["sensitivity_counts_per_kBq_mL_mm_s"]),
+        trues=as_tensor(arrays["trues"]),
+        background=as_tensor(arrays["background"]),
+        counts=as_tensor(arrays["counts"]),
+        total_counts=float(meta["total_counts"]),
+        counts_include_background=bool(meta["counts_include_background"]),
+        noise_seed=int(meta["noise_seed"]),
+        parameters=parameters,
+        region_tacs=arrays.get("region_tacs"),
+        subject_seed=meta["subject_seed"],
+    )
