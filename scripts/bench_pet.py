@@ -91,7 +91,8 @@ def main() -> None:
     print(f"MLEM on {setup['scanner']}: image {args.size}x{args.size}, sinogram {sim.geometry.sinogram_shape}, {args.dtype}")
     print(f"{'device':<8}{'case':<20}{'s/iteration':>14}{'min':>10}{'s/frame/iter':>15}")
     for r in rows:
-        print(f"{r['device']:<8}{r['case']:<20}{r['s_per_iteration_median']:>14.4f}{r['s_per_iteration_min']:>10.4f}{r['s_per_frame_iteration']:>15.4f}")
+        times = f"{r['s_per_iteration_median']:>14.4f}{r['s_per_iteration_min']:>10.4f}{r['s_per_frame_iteration']:>15.4f}"
+        print(f"{r['device']:<8}{r['case']:<20}{times}")
     out = Path(args.out)
     save_json({"setup": setup, "hardware": hardware, "results": rows}, out)
     print(f"wrote {out}")

@@ -56,7 +56,8 @@ def save_exam(exam: DynamicPETExam, directory: str | os.PathLike) -> dict[str, P
     geom, scanner, schedule = exam.geometry, exam.scanner, exam.schedule
     affine = _ras_affine(geom.image_shape, geom.pixel_size, scanner.plane_spacing)
     paths: dict[str, Path] = {}
-    paths["activity"] = save_nifti(exam.activity, directory / "activity.nii.gz", affine=affine, time_step=float(np.mean(schedule.durations)))
+    mean_duration = float(np.mean(schedule.durations))
+    paths["activity"] = save_nifti(exam.activity, directory / "activity.nii.gz", affine=affine, time_step=mean_duration)
     paths["mu_map"] = save_nifti(exam.mu_map[None], directory / "mu_map.nii.gz", affine=affine)
     if exam.phantom is not None:
         paths["labels"] = save_nifti(exam.phantom.labels[None], directory / "labels.nii.gz", affine=affine)
@@ -84,7 +85,8 @@ def save_exam(exam: DynamicPETExam, directory: str | os.PathLike) -> dict[str, P
     if exam.region_tacs is not None:
         arrays["region_tacs"] = np.asarray(exam.region_tacs)
     if exam.parameters is not None:
-        arrays["parameters"] = np.stack([exam.parameters.K1, exam.parameters.k2, exam.parameters.k3, exam.parameters.k4, exam.parameters.vB], -1)
+        p = exam.parameters
+        arrays["parameters"] = np.stack([p.K1, p.k2, p.k3, p.k4, p.vB], -1)
     paths["sinograms"] = directory / "sinograms.npz"
     with atomic_path(paths["sinograms"], suffix=".npz") as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, **arrays)

@@ -296,7 +296,8 @@ def two_tissue_tac(t: np.ndarray, parameters: TwoTissueParameters, plasma: np.nd
 
 def _uniform_step(t: np.ndarray) -> float:
     if t.ndim != 1 or t.size < 2 or abs(t[0]) > 1e-12:
-        raise ValueError(f"t must be a 1D grid of at least 2 times starting at 0, got shape {t.shape} starting at {t.flat[0] if t.size else None}.")
+        first = t.flat[0] if t.size else None
+        raise ValueError(f"t must be a 1D grid of at least 2 times starting at 0, got shape {t.shape} starting at {first}.")
     steps = np.diff(t)
     if not np.all(steps > 0) or np.ptp(steps) > 1e-9 * steps[0]:
         raise ValueError("t must be uniformly spaced and increasing.")

@@ -127,7 +127,9 @@ def osem(
     )
 
 
-def _expectation_maximisation(y, model, n_iter, n_subsets, x0, background, post_filter_fwhm, compute_likelihood, eps, callback, progress, name):
+def _expectation_maximisation(
+    y, model, n_iter, n_subsets, x0, background, post_filter_fwhm, compute_likelihood, eps, callback, progress, name
+):
     start = time.perf_counter()
     model.check_sinogram("y", y)
     if (y < 0).any():

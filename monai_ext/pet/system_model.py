@@ -28,9 +28,9 @@ class GaussianPSF(torch.nn.Module):
     """Separable image-space Gaussian blur with zero padding; self-adjoint.
 
     ``(G x)_i = sum_j g(i - j) x_j`` over the image (zero outside), with ``g`` a product of 1D kernels: the
-    Gaussian of the given FWHM integrated over each pixel, truncated at 4 sigma and normalised to sum 1 (in float64;
-    MONAI's ``gaussian_1d`` computes in float32), applied with MONAI's ``separable_filtering``. The kernel is symmetric and the padding is zero, so ``G^T = G`` exactly
-    (``adjoint`` is ``forward``); mass is lost only across the image border.
+    Gaussian of the given FWHM integrated over each pixel, truncated at 4 sigma and normalised to sum 1 in float64
+    (MONAI's ``gaussian_1d`` works in float32), applied with MONAI's ``separable_filtering``. The kernel is symmetric
+    and the padding is zero, so ``G^T = G`` exactly (``adjoint`` is ``forward``); mass is lost only across the border.
 
     Args:
         fwhm: FWHM in mm, one value or one per spatial axis (array order, e.g. ``(z, y, x)``); 0 leaves an
