@@ -4,7 +4,8 @@ The same discrete operator as the device-generic ``grid_sample`` path in ``proje
 once per image plane perpendicular to its driving axis (the axis with the largest ``|direction| / pixel size``),
 with linear (2D) or bilinear (3D) interpolation inside the plane and zero outside the image, and the sum is
 weighted by the ray length per plane. The adjoint scatters with the same weights into one image per thread
-(rays are split between threads, so there are no races), and the copies are summed: the exact transpose.
+(rays are split between threads, so there are no races), and the copies are summed: the exact transpose. In 2D the
+rays driven by y scatter into a transposed copy, so that both kinds of rays write to consecutive addresses.
 """
 
 from __future__ import annotations
@@ -78,15 +79,18 @@ if HAS_NUMBA:
 
     @njit(parallel=True, **_JIT)
     def _adjoint_2d(proj, origins, dirs, shape, spacing, strides, out):
+        # out: (threads, driving axis, channels, pixels); each driving axis scatters into a layout where its
+        # consecutive planes are adjacent in memory (y-driven rays into the transposed image), summed afterwards
         n_rays, n_threads = origins.shape[0], out.shape[0]
         chunk = (n_rays + n_threads - 1) // n_threads
         for ch in range(proj.shape[0]):
             for th in prange(n_threads):
-                img, p = out[th, ch], proj[ch]
+                p = proj[ch]
                 for r in range(th * chunk, min(n_rays, (th + 1) * chunk)):
                     a, weight, inv = _ray_setup(origins, dirs, r, shape, spacing)
                     b = 1 - a
-                    na, nb, sa, sb = shape[a], shape[b], strides[a], strides[b]
+                    na, nb = shape[a], shape[b]
+                    img = out[th, a, ch]
                     q0, dq = _minor_line(origins, dirs, r, a, b, inv, shape, spacing)
                     k_lo, k_hi = _plane_range(q0, dq, nb, 0, na)
                     w = weight * p[r]
@@ -95,9 +99,9 @@ if HAS_NUMBA:
                         i0 = int(math.floor(q))
                         f = q - i0
                         if 0 <= i0 < nb:
-                            img[k * sa + i0 * sb] += w * (1.0 - f)
+                            img[k + i0 * na] += w * (1.0 - f)
                         if 0 <= i0 + 1 < nb:
-                            img[k * sa + (i0 + 1) * sb] += w * f
+                            img[k + (i0 + 1) * na] += w * f
 
     @njit(**_JIT)
     def _minor_axes(a):
@@ -193,7 +197,13 @@ def joseph_adjoint_cpu(proj: np.ndarray, origins: np.ndarray, dirs: np.ndarray, 
     """Exact transpose of :func:`joseph_forward_cpu`: ``(C, R)`` ray values to ``(C, *image_shape)``."""
     n_ch = proj.shape[0]
     shape, spacing, strides = _grid_arrays(image_shape, pixel_size)
-    out = np.zeros((numba.get_num_threads(), n_ch, int(np.prod(image_shape))), dtype=proj.dtype)
-    kernel = _adjoint_2d if len(image_shape) == 2 else _adjoint_3d
-    kernel(np.ascontiguousarray(proj), origins, dirs, shape, spacing, strides, out)
+    n_pix = int(np.prod(image_shape))
+    if len(image_shape) == 2:
+        out = np.zeros((numba.get_num_threads(), 2, n_ch, n_pix), dtype=proj.dtype)
+        _adjoint_2d(np.ascontiguousarray(proj), origins, dirs, shape, spacing, strides, out)
+        summed = out.sum(axis=0)
+        ny, nx = image_shape
+        return summed[0].reshape(n_ch, ny, nx) + summed[1].reshape(n_ch, nx, ny).transpose(0, 2, 1)
+    out = np.zeros((numba.get_num_threads(), n_ch, n_pix), dtype=proj.dtype)
+    _adjoint_3d(np.ascontiguousarray(proj), origins, dirs, shape, spacing, strides, out)
     return out.sum(axis=0).reshape(n_ch, *image_shape)
