@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""Package bundles for distribution the way the MONAI Model Zoo does: ``<name>_v<version>.zip`` per bundle.
+
+Before packaging, each bundle is checked, and refused with the reasons when it fails:
+- ``configs/metadata.json`` validates against the MONAI metadata schema (offline, from ``--schema``);
+- its ``changelog`` has an entry for its ``version``;
+- every ``configs/*.json`` / ``*.yaml`` parses with ``monai.bundle.ConfigParser``;
+- the required files exist (``configs/inference.json``, ``configs/logging.conf``, ``docs/README.md``, ``LICENSE``).
+
+The zip holds the bundle folder (``<name>/configs``, ``docs``, ``models``, ``LICENSE``, ``scripts`` if any) and a
+``models/model_info.json`` listing the SHA-256 and size of every file under ``models/`` (written into the
+archive only; the working tree is not modified). Archives are written atomically.
+
+Usage:
+    python scripts/package_bundles.py [--bundles NAME ...] [--out dist] [--schema ../shared/monai/meta_schema_20240725.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SCHEMA = ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
+REQUIRED = ("configs/metadata.json", "configs/inference.json", "configs/logging.conf", "docs/README.md", "LICENSE")
+SKIP_DIRS = {"__pycache__", "outputs", ".ipynb_checkpoints"}
+
+
+class BundleCheckError(ValueError):
+    """A bundle failed a packaging check; the message lists every problem found."""
+
+
+def check_bundle(bundle: Path, schema_path: Path) -> dict:
+    """Run the packaging checks; return the metadata or raise ``BundleCheckError`` listing the problems."""
+    import jsonschema
+    from monai.bundle import ConfigParser
+
+    problems = [f"missing {rel}" for rel in REQUIRED if not (bundle / rel).is_file()]
+    meta: dict = {}
+    meta_path = bundle / "configs" / "metadata.json"
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as err:
+            problems.append(f"configs/metadata.json is not valid JSON: {err}")
+    if meta:
+        if not schema_path.is_file():
+            problems.append(f"schema file not found: {schema_path}")
+        else:
+            schema = json.loads(schema_path.read_text())
+            validator = jsonschema.Draft201909Validator(schema)
+            for error in sorted(validator.iter_errors(meta), key=lambda e: list(e.path)):
+                where = "/".join(str(p) for p in error.path) or "(top level)"
+                problems.append(f"metadata {where}: {error.message}")
+        version = meta.get("version")
+        if version not in meta.get("changelog", {}):
+            problems.append(f"changelog has no entry for version {version!r}")
+    for config in sorted((bundle / "configs").glob("*")):
+        if config.suffix not in (".json", ".yaml", ".yml"):
+            continue
+        try:
+            parser = ConfigParser()
+            parser.read_config(str(config))
+            parser.parse()
+        except Exception as err:  # any parse failure is a packaging blocker
+            problems.append(f"{config.name} does not parse: {err}")
+    if problems:
+        raise BundleCheckError(f"bundle {bundle.name} cannot be packaged:\n  - " + "\n  - ".join(problems))
+    return meta
+
+
+def model_info(bundle: Path) -> dict:
+    """SHA-256 and size of every file under ``models/``."""
+    files = {}
+    for path in sorted((bundle / "models").rglob("*")):
+        if path.is_file() and path.name != "model_info.json":
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            files[str(path.relative_to(bundle))] = {"sha256": digest, "bytes": path.stat().st_size}
+    return {"bundle": bundle.name, "files": files}
+
+
+def package_bundle(bundle: Path, out_dir: Path, schema_path: Path) -> Path:
+    """Check ``bundle`` and write ``out_dir/<name>_v<version>.zip``; returns the archive path."""
+    meta = check_bundle(bundle, schema_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{bundle.name}_v{meta['version']}.zip"
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".zip", dir=out_dir)
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted(bundle.rglob("*")):
+                rel = path.relative_to(bundle)
+                if path.is_dir() or SKIP_DIRS.intersection(rel.parts) or rel.as_posix() == "models/model_info.json":
+                    continue
+                archive.write(path, f"{bundle.name}/{rel.as_posix()}")
+            archive.writestr(f"{bundle.name}/models/model_info.json", json.dumps(model_info(bundle), indent=2) + "\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundles", nargs="*", help="bundle names (default: every folder under bundles/)")
+    parser.add_argument("--out", default=str(ROOT / "dist"), help="output folder for the zips")
+    parser.add_argument("--schema", default=str(DEFAULT_SCHEMA), help="MONAI metadata schema file (offline)")
+    args = parser.parse_args(argv)
+    names = args.bundles or sorted(p.name for p in (ROOT / "bundles").iterdir() if p.is_dir())
+    failed = 0
+    for name in names:
+        bundle = ROOT / "bundles" / name
+        if not bundle.is_dir():
+            print(f"{name}: no such bundle under {ROOT / 'bundles'}", file=sys.stderr)
+            failed += 1
+            continue
+        try:
+            path = package_bundle(bundle, Path(args.out), Path(args.schema))
+            print(f"{name}: packaged -> {path}")
+        except BundleCheckError as err:
+            print(str(err), file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
