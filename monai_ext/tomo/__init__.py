@@ -1,8 +1,9 @@
-"""CT/CBCT geometries, Joseph projectors (forward and exact adjoint), FBP and FDK."""
+"""CT/CBCT geometries, Joseph projectors (forward and exact adjoint; ray-driven or as a stored sparse matrix), FBP and FDK."""
 
 from .analytic import FBP, FILTERS, fbp, fdk, filter_projections, parker_weights, ramp_filter
 from .geometry import ConeBeamGeometry, FanBeamGeometry, ParallelBeamGeometry, short_scan_angles, uniform_angles
 from .projectors import ConeBeamProjector, FanBeamProjector, ParallelBeamProjector, RayProjector, projector_for
+from .sparse_projector import SparseMatrixProjector, joseph_matrix
 
 __all__ = [
     "FBP",
@@ -22,4 +23,6 @@ __all__ = [
     "FanBeamProjector",
     "ConeBeamProjector",
     "projector_for",
+    "SparseMatrixProjector",
+    "joseph_matrix",
 ]
