@@ -9,9 +9,24 @@
 - ``phantom``: a seeded 2D brain phantom of about 100 regions with its attenuation map.
 - ``simulator``: ``DynamicPETSimulator`` producing ``DynamicPETExam``s at a chosen total number of counts.
 - ``exam_io``: writing exams as NIfTI + NPZ + JSON (atomically, with ``monai_ext.io``) and reading them back.
+- ``regularised_mm``: the regularised dynamic objective (Poisson + temporal + smoothed TV) and its monotone MM map.
+- ``noise_realisations``: Poisson realisations of one slice at one dose, the data of hyperparameter learning.
+- ``hyperparameter_learning``: DEQ learning of the regularisation weights; grid search and TPE baselines.
+- ``dose_model``: parametric fits of the weights against the dose and the dose model file.
+- ``dose_adaptive_reconstruction``: reconstruction with the weights of a dose model.
 """
 
+from .dose_adaptive_reconstruction import DoseAdaptiveReconstruction
+from .dose_model import DOSE_MODELS, DoseFit, DoseModel, fit_dose_model, fit_dose_models
 from .exam_io import load_exam, save_exam
+from .hyperparameter_learning import (
+    FixedPointProblem,
+    RegularisationWeights,
+    SearchResult,
+    grid_search,
+    learn_hyperparameters_deq,
+    tpe_search,
+)
 from .kinetics import (
     C11_HALF_LIFE_MIN,
     PE2I_LIKE_INPUT,
@@ -27,7 +42,17 @@ from .kinetics import (
 )
 from .likelihood import poisson_nll, poisson_nll_gradient, poisson_nll_image_gradient
 from .phantom import MU_BONE, MU_WATER, TISSUE_CLASSES, BrainPhantom, brain_phantom
+from .noise_realisations import NoiseRealisations, simulate_realisations
 from .recon import ReconInfo, mlem, osem
+from .regularised_mm import (
+    RegularisedMMMap,
+    dynamic_pet_objective,
+    kkt_residuals,
+    mm_reconstruct,
+    regularised_mm_step,
+    smoothed_total_variation,
+    temporal_difference_penalty,
+)
 from .scanner import BIOGRAPH_6_TRUEPOINT_TRUEV, DEMO_SCANNER, PETScanner
 from .simulator import (
     PE2I_LIKE_KINETICS,
@@ -75,4 +100,25 @@ __all__ = [
     "region_parameters",
     "save_exam",
     "load_exam",
+    "dynamic_pet_objective",
+    "temporal_difference_penalty",
+    "smoothed_total_variation",
+    "regularised_mm_step",
+    "RegularisedMMMap",
+    "kkt_residuals",
+    "mm_reconstruct",
+    "NoiseRealisations",
+    "simulate_realisations",
+    "RegularisationWeights",
+    "FixedPointProblem",
+    "SearchResult",
+    "learn_hyperparameters_deq",
+    "grid_search",
+    "tpe_search",
+    "DOSE_MODELS",
+    "DoseFit",
+    "DoseModel",
+    "fit_dose_model",
+    "fit_dose_models",
+    "DoseAdaptiveReconstruction",
 ]

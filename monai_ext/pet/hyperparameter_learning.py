@@ -43,7 +43,7 @@ import torch
 
 from ..deq import DEQ
 from .noise_realisations import NoiseRealisations
-from .regularised_mm import RegularisedMMMap, uniform_initial_image
+from .regularised_mm import ANDERSON_OPTIONS, RegularisedMMMap, uniform_initial_image
 
 __all__ = [
     "RegularisationWeights",
@@ -102,7 +102,7 @@ class RegularisationWeights(torch.nn.Module):
 
     def values(self) -> dict[str, Any]:
         """``{"eta": float, "lambdas": [T floats]}``."""
-        return {"eta": float(self.eta), "lambdas": [float(v) for v in self.lambdas]}
+        return {"eta": float(self.eta.detach()), "lambdas": [float(v) for v in self.lambdas.detach()]}
 
 
 class FixedPointProblem:
@@ -114,7 +114,7 @@ class FixedPointProblem:
         solver: fixed-point solver of the forward pass (``"anderson"``; ``"picard"`` is plain MM iteration).
         tol: relative-residual tolerance of the forward solve.
         max_iter: forward iteration budget (500 in the paper).
-        solver_kwargs: solver options (e.g. ``{"m": 5}``).
+        solver_kwargs: solver options; default ``regularised_mm.ANDERSON_OPTIONS`` for Anderson.
         backward_tol: tolerance of the implicit-gradient solve (default ``tol``).
         backward_max_iter: budget of the implicit-gradient solve.
         device: where the data and solves live.
@@ -148,6 +148,8 @@ class FixedPointProblem:
         self.start = uniform_initial_image(self.counts, self.model)
         self.warm = self.start.clone()
         self.mm = RegularisedMMMap(self.model, eps)
+        if solver_kwargs is None:
+            solver_kwargs = dict(ANDERSON_OPTIONS) if solver == "anderson" else {}
         self.deq = DEQ(
             self.mm, solver=solver, tol=tol, max_iter=max_iter, solver_kwargs=solver_kwargs, grad="implicit",
             backward_tol=backward_tol, backward_max_iter=backward_max_iter,
@@ -281,15 +283,15 @@ def learn_hyperparameters_deq(
                     "seconds": time.perf_counter() - start,
                     "forward_steps": problem.forward_steps[-1],
                     "backward_steps": None if backward is None else backward.nstep,
-                    "eta": float(weights.eta),
+                    "eta": float(weights.eta.detach()),
                 }
             )
         scheduler.step()
         epoch_loss = float(np.mean(losses))
         if log is not None:
             log(
-                f"deq epoch {epoch + 1}/{epochs}: train MSE {epoch_loss:.5f}, eta {float(weights.eta):.4g}, "
-                f"lambda [{float(weights.lambdas.min()):.3g}, {float(weights.lambdas.max()):.3g}], "
+                f"deq epoch {epoch + 1}/{epochs}: train MSE {epoch_loss:.5f}, eta {float(weights.eta.detach()):.4g}, "
+                f"lambda [{float(weights.lambdas.detach().min()):.3g}, {float(weights.lambdas.detach().max()):.3g}], "
                 f"{time.perf_counter() - start:.1f} s"
             )
     values = weights.values()

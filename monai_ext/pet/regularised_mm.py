@@ -82,10 +82,16 @@ __all__ = [
     "kkt_residuals",
     "uniform_initial_image",
     "mm_reconstruct",
+    "ANDERSON_OPTIONS",
 ]
 
 DEFAULT_FLOOR = 1e-6
 """Lower bound (image units, e.g. kBq/mL) at which :class:`RegularisedMMMap` evaluates its argument."""
+
+ANDERSON_OPTIONS = {"m": 5, "beta": 0.5}
+"""Anderson options for the MM map. Undamped Anderson (``beta = 1``) stalls erratically on this map (its Jacobian has
+eigenvalues close to 1 at pixels near zero): on a 32 x 32 x 20 exam it needed 640 iterations to a relative residual
+of 1e-5 against 692 for plain MM iteration, and 101 with ``beta = 0.5`` (64 x 64: 91 against 703)."""
 
 
 def _check_series(name: str, x: torch.Tensor) -> None:
@@ -341,7 +347,7 @@ def mm_reconstruct(
         max_iter: iteration (MM step) budget.
         x0: positive start; default :func:`uniform_initial_image`.
         floor: see :class:`RegularisedMMMap`.
-        solver_kwargs: options of the solver (e.g. ``{"m": 5}`` for Anderson).
+        solver_kwargs: options of the solver; default :data:`ANDERSON_OPTIONS` for Anderson.
 
     Returns:
         ``(x, info)``: the reconstruction ``max(z, floor)`` mapped once more (so it is an MM iterate, non-negative)
@@ -352,12 +358,14 @@ def mm_reconstruct(
         >>> info.converged, x.shape
     """
     mm = RegularisedMMMap(model, eps, floor)
+    if solver_kwargs is None:
+        solver_kwargs = dict(ANDERSON_OPTIONS) if solver == "anderson" else {}
     with torch.no_grad():
         sens = model.sensitivity().to(counts)
         start = uniform_initial_image(counts, model) if x0 is None else x0.to(counts)
         z, info = fixed_point_solve(
             lambda z: mm(z, counts, sens, eta, lambdas), start, solver=solver, tol=tol, max_iter=max_iter,
-            warn=False, **(solver_kwargs or {}),
+            warn=False, **solver_kwargs,
         )
         return mm(z, counts, sens, eta, lambdas), info
 

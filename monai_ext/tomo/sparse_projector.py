@@ -18,6 +18,8 @@ a fixed-point solver in the loop); it stores ``~2 n_samples`` entries per ray (1
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -96,10 +98,12 @@ def joseph_matrix(geom, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         rows.append(ray[keep])
         cols.append((r[keep] * nx + c[keep]).long())
         values.append((w * weights[:, None])[keep])
-    matrix = torch.sparse_coo_tensor(
-        torch.stack([torch.cat(rows), torch.cat(cols)]), torch.cat(values).to(dtype), (n_rays, ny * nx)
-    )
-    return matrix.coalesce()
+    with warnings.catch_warnings():  # torch notes that sparse invariant checks are off by default
+        warnings.simplefilter("ignore", UserWarning)
+        matrix = torch.sparse_coo_tensor(
+            torch.stack([torch.cat(rows), torch.cat(cols)]), torch.cat(values).to(dtype), (n_rays, ny * nx)
+        )
+        return matrix.coalesce()
 
 
 class SparseMatrixProjector(RayProjector):
@@ -126,7 +130,9 @@ class SparseMatrixProjector(RayProjector):
         super().__init__(geom, backend="torch")
         self.backend = "sparse_matrix"
         coo = joseph_matrix(geom)
-        self._matrices = {(torch.device("cpu"), torch.float64): (coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr())}
+        with warnings.catch_warnings():  # torch notes that sparse CSR support is in beta
+            warnings.simplefilter("ignore", UserWarning)
+            self._matrices = {(torch.device("cpu"), torch.float64): (coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr())}
 
     @property
     def nnz(self) -> int:
@@ -137,7 +143,9 @@ class SparseMatrixProjector(RayProjector):
         key = (torch.device(device), dtype)
         if key not in self._matrices:
             a, at = self._matrices[(torch.device("cpu"), torch.float64)]
-            self._matrices[key] = (a.to(dtype=dtype).to(device), at.to(dtype=dtype).to(device))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                self._matrices[key] = (a.to(dtype=dtype).to(device), at.to(dtype=dtype).to(device))
         return self._matrices[key]
 
     def _apply_forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,467 @@
+"""Experiment runners of the ``dynamic_pet_deq_reconstruction`` bundle: learning, comparison and dose sweep.
+
+Each runner simulates its data with :func:`monai_ext.pet.noise_realisations.simulate_realisations`, works on any
+device, writes its results (JSON, PNG) atomically into ``output_dir`` and returns them as a dict:
+
+- :func:`learn_case`: DEQ learning of ``eta`` and ``lambda_1..T`` for one phantom, slice and dose (``train.json``).
+- :func:`compare_estimators`: DEQ (``1 + T`` parameters) against grid search and TPE (scalar ``lambda``) at the same
+  wall-clock budget, validation MSEs, learned weights against frame SNR, Anderson against plain MM iteration, and a
+  figure of reference and absolute errors (``evaluate.json``, the paper's Table I and Fig. 1).
+- :func:`dose_sweep`: learning at several doses, the four parametric fits against ``D`` and the dose model file
+  (``dose_sweep.json``, the paper's Fig. 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from monai_ext.io import atomic_path, save_json
+from monai_ext.pet import DynamicPETSimulator
+from monai_ext.pet.dose_model import DoseModel
+from monai_ext.pet.hyperparameter_learning import (
+    FixedPointProblem,
+    RegularisationWeights,
+    SearchResult,
+    grid_search,
+    learn_hyperparameters_deq,
+    tpe_search,
+)
+from monai_ext.pet.noise_realisations import DEFAULT_SLICE_FRACTION, NoiseRealisations, simulate_realisations
+from monai_ext.pet.regularised_mm import mm_reconstruct
+
+__all__ = [
+    "SolverSettings",
+    "LearningSettings",
+    "simulation_setting",
+    "frame_snr",
+    "learn_case",
+    "compare_estimators",
+    "compare_solvers",
+    "dose_sweep",
+    "comparison_table",
+    "save_error_maps",
+    "save_dose_fits",
+]
+
+logger = logging.getLogger("dynamic_pet_deq_reconstruction")
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverSettings:
+    """Settings of the lower-level problem and its fixed-point solves.
+
+    Args:
+        eps: TV smoothing (0.1 in the paper).
+        solver: forward solver (``"anderson"``).
+        tol: forward relative-residual tolerance.
+        max_iter: forward budget (500 in the paper).
+        anderson_memory: Anderson's ``m``.
+        anderson_beta: Anderson's mixing ``beta`` (0.5: see ``monai_ext.pet.regularised_mm.ANDERSON_OPTIONS``).
+        backward_tol: implicit-gradient solve tolerance.
+        backward_max_iter: implicit-gradient solve budget.
+        dtype: ``"float32"`` or ``"float64"``.
+    """
+
+    eps: float = 0.1
+    solver: str = "anderson"
+    tol: float = 1e-5
+    max_iter: int = 500
+    anderson_memory: int = 5
+    anderson_beta: float = 0.5
+    backward_tol: float = 5e-3
+    backward_max_iter: int = 50
+    dtype: str = "float32"
+
+    def solver_kwargs(self) -> dict:
+        """Options of the fixed-point solver."""
+        return {"m": int(self.anderson_memory), "beta": float(self.anderson_beta)} if self.solver == "anderson" else {}
+
+    def problem(self, data: NoiseRealisations, device) -> FixedPointProblem:
+        """A fresh :class:`FixedPointProblem` (empty warm-start cache) for ``data``."""
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}.")
+        kwargs = self.solver_kwargs()
+        return FixedPointProblem(
+            data, eps=self.eps, solver=self.solver, tol=self.tol, max_iter=self.max_iter, solver_kwargs=kwargs,
+            backward_tol=self.backward_tol, backward_max_iter=self.backward_max_iter, device=device,
+            dtype=getattr(torch, self.dtype),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class LearningSettings:
+    """Data split and optimiser of the DEQ learning, and the box of the searches.
+
+    Args:
+        n_realisations: noise realisations (96 in the paper).
+        n_train: training realisations (80 in the paper); the rest validate.
+        epochs: Adam epochs (50 in the paper).
+        batch_size: realisations per step (16 in the paper).
+        lr: initial learning rate on the log-weights.
+        lr_final: learning rate of the last epoch (exponential decay).
+        eta_init: initial ``eta`` (the geometric centre of ``eta_range``).
+        lambda_init: initial ``lambda_t`` (the geometric centre of ``lambda_range``).
+        eta_range: search box of ``eta`` for grid search and TPE.
+        lambda_range: search box of ``lambda``.
+        slice_fraction: share of ``D`` in the simulated slice.
+        seed: seed of the mini-batch order and of TPE.
+        noise_seed: first noise seed of the realisations.
+    """
+
+    n_realisations: int = 24
+    n_train: int = 20
+    epochs: int = 10
+    batch_size: int = 5
+    lr: float = 0.15
+    lr_final: float = 0.02
+    eta_init: float = 1.0
+    lambda_init: float = 0.1
+    eta_range: tuple[float, float] = (0.01, 100.0)
+    lambda_range: tuple[float, float] = (0.001, 10.0)
+    slice_fraction: float = DEFAULT_SLICE_FRACTION
+    seed: int = 0
+    noise_seed: int = 1000
+
+
+def _settings(cls, value):
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+    raise TypeError(f"expected a {cls.__name__} or a dict of its fields, got {type(value).__name__}.")
+
+
+def simulation_setting(simulator: DynamicPETSimulator, solver: SolverSettings, slice_fraction: float) -> dict:
+    """What learned weights depend on: grid, scanner sampling, PSF, frame schedule, background, ``eps``."""
+    geom = simulator.geometry
+    return {
+        "image_shape": list(simulator.image_shape),
+        "pixel_size_mm": list(geom.pixel_size),
+        "scanner": simulator.scanner.name,
+        "sinogram_shape": list(geom.sinogram_shape),
+        "psf_fwhm_mm": simulator.psf_fwhm,
+        "frame_durations_s": list(simulator.schedule.durations),
+        "background_fraction": simulator.background_fraction,
+        "slice_fraction": slice_fraction,
+        "eps": solver.eps,
+    }
+
+
+def frame_snr(data: NoiseRealisations) -> list[float]:
+    """Count signal-to-noise ratio of each frame, ``trues_t / sqrt(trues_t + background_t)`` (frame totals)."""
+    trues = data.exam.trues.flatten(1).sum(-1)
+    total = data.exam.expected_counts.flatten(1).sum(-1)
+    return [float(v) for v in trues / total.sqrt()]
+
+
+def _spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def _simulate(simulator, dose, subject_seed, learning: LearningSettings) -> NoiseRealisations:
+    return simulate_realisations(
+        simulator, dose, learning.n_realisations, subject_seed=subject_seed, slice_fraction=learning.slice_fraction,
+        noise_seed=learning.noise_seed,
+    )
+
+
+def _validate(problem: FixedPointProblem, val_idx, result: SearchResult, batch_size: int) -> SearchResult:
+    """Validation MSE from the uniform start (the same for every method)."""
+    result.val_mse = problem.mse(val_idx, result.eta, result.lambdas, batch_size, warm_start=False)
+    return result
+
+
+def learn_case(
+    simulator: DynamicPETSimulator,
+    dose: float,
+    subject_seed: int = 0,
+    *,
+    learning: LearningSettings | dict | None = None,
+    solver: SolverSettings | dict | None = None,
+    device: str | torch.device = "cpu",
+    output_dir: str | None = None,
+    data: NoiseRealisations | None = None,
+) -> dict:
+    """DEQ learning of ``eta`` and ``lambda_1..T`` for one phantom (``subject_seed``), slice and dose ``D``.
+
+    Writes ``learned_hyperparameters.json`` into ``output_dir`` (when given): the weights, the training and
+    validation MSEs, the MSE of the initial weights, the frame SNRs, the time and the per-step history.
+
+    Args:
+        simulator: the dynamic PET simulator (grid, scanner, schedule).
+        dose: ``D``, counts of the exam.
+        subject_seed: the phantom.
+        learning: :class:`LearningSettings` or a dict of its fields.
+        solver: :class:`SolverSettings` or a dict of its fields.
+        device: where to learn.
+        output_dir: where to write the results.
+        data: realisations to use instead of simulating them.
+
+    Example:
+        >>> sim = DynamicPETSimulator(image_shape=(64, 64), view_mashing=4)
+        >>> out = learn_case(sim, 300e6, subject_seed=1, output_dir="outputs/train")
+    """
+    learning, solver = _settings(LearningSettings, learning), _settings(SolverSettings, solver)
+    data = data if data is not None else _simulate(simulator, dose, subject_seed, learning)
+    train_idx, val_idx = data.split(learning.n_train)
+    problem = solver.problem(data, device)
+    initial = problem.mse(val_idx, learning.eta_init, learning.lambda_init, learning.batch_size, warm_start=False)
+    weights = RegularisationWeights(data.n_frames, learning.eta_init, learning.lambda_init, per_frame=True)
+    result = learn_hyperparameters_deq(
+        problem, train_idx, weights, epochs=learning.epochs, batch_size=learning.batch_size, lr=learning.lr,
+        lr_final=learning.lr_final, seed=learning.seed, log=logger.info,
+    )
+    _validate(problem, val_idx, result, learning.batch_size)
+    snr = frame_snr(data)
+    out = {
+        "subject_seed": int(subject_seed),
+        "dose": float(dose),
+        "setting": simulation_setting(simulator, solver, learning.slice_fraction),
+        "learning": dataclasses.asdict(learning),
+        "solver": dataclasses.asdict(solver),
+        "device": str(device),
+        "eta": result.eta,
+        "lambdas": result.lambdas,
+        "train_mse": result.train_mse,
+        "val_mse": result.val_mse,
+        "initial_val_mse": initial,
+        "seconds": result.seconds,
+        "frame_snr": snr,
+        "spearman_lambda_snr": _spearman(result.lambdas, snr),
+        "history": result.history,
+    }
+    logger.info(
+        f"learned D={dose:.3g}, subject {subject_seed}: val MSE {initial:.5f} -> {result.val_mse:.5f}, eta {result.eta:.4g}, "
+        f"{result.seconds:.1f} s"
+    )
+    if output_dir is not None:
+        save_json(out, Path(output_dir) / "learned_hyperparameters.json")
+    return out
+
+
+def compare_solvers(data: NoiseRealisations, eta: float, lambdas, idx: Sequence[int], solver: SolverSettings, device="cpu") -> dict:
+    """MM iterations to reach ``solver.tol`` from the uniform start: Anderson against plain MM (Picard) iteration."""
+    problem = solver.problem(data, device)
+    counts = problem.counts[list(idx)]
+    out = {}
+    for name, kwargs in (("anderson", {"m": solver.anderson_memory, "beta": solver.anderson_beta}), ("picard", {})):
+        start = time.perf_counter()
+        _, info = mm_reconstruct(counts, problem.model, eta, torch.as_tensor(lambdas, dtype=problem.dtype), solver.eps, solver=name,
+                                 tol=solver.tol, max_iter=5000, solver_kwargs=kwargs)
+        out[name] = {"iterations": info.nstep, "converged": info.converged, "rel_residual": info.rel_residual,
+                     "seconds": time.perf_counter() - start}
+    out["ratio"] = out["picard"]["iterations"] / max(out["anderson"]["iterations"], 1)
+    out["tol"] = solver.tol
+    return out
+
+
+def compare_estimators(
+    simulator: DynamicPETSimulator,
+    dose: float,
+    subject_seed: int = 0,
+    *,
+    learning: LearningSettings | dict | None = None,
+    solver: SolverSettings | dict | None = None,
+    device: str | torch.device = "cpu",
+    output_dir: str | None = None,
+    name: str | None = None,
+    figure_frames: Sequence[int] = (1, 19),
+) -> dict:
+    """DEQ (``1 + T`` weights) against grid search and TPE (``eta`` and one ``lambda``) at equal wall-clock time.
+
+    The DEQ learns first; its training time is the budget of each search. Every method starts from an empty
+    warm-start cache; validation MSEs use the same uniform start and tolerance. Also reported: the learned
+    ``lambda_t`` against the frame SNR, and MM iterations of Anderson against plain iteration at the learned weights.
+    Writes ``<name>.json`` and ``<name>_errors.png`` (reference and absolute errors of the first validation
+    realisation at ``figure_frames``) into ``output_dir``.
+
+    Arguments as :func:`learn_case`, plus ``name`` (default ``subject<seed>_dose<D in M>``) and ``figure_frames``.
+    """
+    learning, solver = _settings(LearningSettings, learning), _settings(SolverSettings, solver)
+    name = name or f"subject{subject_seed}_dose{dose / 1e6:g}M"
+    data = _simulate(simulator, dose, subject_seed, learning)
+    train_idx, val_idx = data.split(learning.n_train)
+    deq = learn_case(simulator, dose, subject_seed, learning=learning, solver=solver, device=device, data=data)
+    budget = deq["seconds"]
+    rows = [{"method": "deq", "n_parameters": 1 + data.n_frames, "val_mse": deq["val_mse"], "train_mse": deq["train_mse"],
+             "seconds": deq["seconds"], "n_evaluations": len(deq["history"]), "eta": deq["eta"], "lambdas": deq["lambdas"]}]
+    box = {"eta_range": learning.eta_range, "lambda_range": learning.lambda_range, "time_budget_s": budget,
+           "batch_size": learning.batch_size, "log": logger.info}
+    for search, kwargs in ((grid_search, {}), (tpe_search, {"seed": learning.seed})):
+        problem = solver.problem(data, device)
+        result = _validate(problem, val_idx, search(problem, train_idx, **box, **kwargs), learning.batch_size)
+        rows.append({"method": result.method, "n_parameters": 2, "val_mse": result.val_mse, "train_mse": result.train_mse,
+                     "seconds": result.seconds, "n_evaluations": result.n_evaluations, "eta": result.eta,
+                     "lambdas": result.lambdas, "trials": result.history})
+    # reconstructions of one validation realisation for the figure, and the solver comparison at the DEQ weights
+    problem = solver.problem(data, device)
+    recons = {}
+    with torch.no_grad():
+        for row in rows:
+            recons[row["method"]] = problem.reconstruct(val_idx[:1], row["eta"], row["lambdas"], warm_start=False)[0].cpu()
+    solvers = compare_solvers(data, deq["eta"], deq["lambdas"], val_idx[:1], solver, device)
+    out = {
+        "name": name,
+        "subject_seed": int(subject_seed),
+        "dose": float(dose),
+        "budget_s": budget,
+        "rows": rows,
+        "initial_val_mse": deq["initial_val_mse"],
+        "frame_snr": deq["frame_snr"],
+        "spearman_lambda_snr": deq["spearman_lambda_snr"],
+        "solver_iterations": solvers,
+        "setting": deq["setting"],
+        "learning": deq["learning"],
+        "solver": deq["solver"],
+        "deq_history": deq["history"],
+    }
+    logger.info(
+        f"{name}: val MSE " + ", ".join(f"{r['method']} {r['val_mse']:.5f} ({r['seconds']:.0f} s)" for r in rows)
+        + f"; Anderson {solvers['anderson']['iterations']} vs plain {solvers['picard']['iterations']} MM iterations"
+    )
+    if output_dir is not None:
+        save_json(out, Path(output_dir) / f"{name}.json")
+        save_error_maps(data.reference, recons, figure_frames, Path(output_dir) / f"{name}_errors.png",
+                        title=f"subject {subject_seed}, D = {dose / 1e6:g} M counts, validation realisation")
+    return out
+
+
+def comparison_table(results: Sequence[dict]) -> str:
+    """Markdown table of validation MSEs (and times) of each method in each case, like the paper's Table I."""
+    methods = [r["method"] for r in results[0]["rows"]]
+    labels = {"deq": "DEQ", "grid_search": "Grid search", "tpe": "TPE"}
+    head = "| method | learnt params | " + " | ".join(f"subject {r['subject_seed']}, D = {r['dose'] / 1e6:g} M" for r in results) + " |"
+    lines = [head, "|---|---|" + "---|" * len(results)]
+    for i, method in enumerate(methods):
+        cells = [f"{r['rows'][i]['val_mse']:.4f} ({r['rows'][i]['seconds']:.0f} s)" for r in results]
+        lines.append(f"| {labels.get(method, method)} | {results[0]['rows'][i]['n_parameters']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _figure(path: Path, fig) -> Path:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def save_error_maps(reference: torch.Tensor, recons: dict, frames: Sequence[int], path: str | Path, title: str = "") -> Path:
+    """Figure like Chazottes et al.'s Fig. 1: per frame, the reference and the absolute error of each method, errors on
+    one colour scale per frame (normalised to the largest error of that frame)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {"deq": "DEQ (21 params)", "grid_search": "grid search (2)", "tpe": "TPE (2)"}
+    frames = [int(f) for f in frames]
+    fig, axes = plt.subplots(len(frames), 1 + len(recons), figsize=(3.0 * (1 + len(recons)), 3.0 * len(frames)), squeeze=False)
+    for row, t in enumerate(frames):
+        ref = reference[t].cpu().numpy()
+        errors = {k: np.abs(v[t].numpy() - ref) for k, v in recons.items()}
+        vmax = max(float(e.max()) for e in errors.values())
+        shown = axes[row, 0].imshow(ref, cmap="gray")
+        axes[row, 0].set_title(f"reference, frame {t + 1}", fontsize=9)
+        fig.colorbar(shown, ax=axes[row, 0], fraction=0.046, pad=0.02)
+        for col, (k, e) in enumerate(errors.items(), start=1):
+            shown = axes[row, col].imshow(e / vmax, cmap="inferno", vmin=0, vmax=1)
+            axes[row, col].set_title(f"|error| {labels.get(k, k)}\nMSE {float((e ** 2).mean()):.3f}", fontsize=9)
+            fig.colorbar(shown, ax=axes[row, col], fraction=0.046, pad=0.02)
+    for ax in axes.flat:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _figure(Path(path), fig)
+
+
+def dose_sweep(
+    simulator: DynamicPETSimulator,
+    doses: Sequence[float] = (150e6, 250e6, 300e6, 400e6, 500e6, 750e6),
+    subject_seed: int = 0,
+    *,
+    learning: LearningSettings | dict | None = None,
+    solver: SolverSettings | dict | None = None,
+    device: str | torch.device = "cpu",
+    output_dir: str | None = None,
+    dose_model_file: str | None = None,
+) -> dict:
+    """Learn the weights at each dose, fit the four parametric models against ``D``, keep the best per weight.
+
+    Writes ``dose_sweep.json`` (learned weights per dose and every fit with its R^2) and ``eta_dose_fits.png`` /
+    ``lambda_dose_fits.png`` into ``output_dir``, and the :class:`~monai_ext.pet.dose_model.DoseModel` to
+    ``dose_model_file``.
+
+    Arguments as :func:`learn_case`, plus the ``doses`` and ``dose_model_file``.
+    """
+    learning, solver = _settings(LearningSettings, learning), _settings(SolverSettings, solver)
+    runs = []
+    for dose in doses:
+        run = learn_case(simulator, dose, subject_seed, learning=learning, solver=solver, device=device)
+        run.pop("history")
+        runs.append(run)
+    setting = {**simulation_setting(simulator, solver, learning.slice_fraction), "subject_seed": int(subject_seed)}
+    model = DoseModel.fit([r["dose"] for r in runs], [r["eta"] for r in runs], [r["lambdas"] for r in runs], setting=setting)
+    out = {"doses": [float(d) for d in doses], "runs": runs, "dose_model": model.as_dict()}
+    fits = model.learned["fits"]["eta"]
+    logger.info("eta_D fits: " + ", ".join(f"{k} R2={v['r2']:.4f}" for k, v in fits.items()) + f"; kept {model.eta.model}")
+    if output_dir is not None:
+        save_json(out, Path(output_dir) / "dose_sweep.json")
+        save_dose_fits(model, Path(output_dir))
+    if dose_model_file is not None:
+        model.save(dose_model_file)
+    return out
+
+
+def save_dose_fits(model: DoseModel, output_dir: str | Path) -> list[Path]:
+    """``eta_dose_fits.png`` (learned ``eta_D`` and the four fits with their R^2, like the paper's Fig. 2) and
+    ``lambda_dose_fits.png`` (learned ``lambda_{t,D}`` of a few frames with their kept fits)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from monai_ext.pet.dose_model import DoseFit
+
+    doses = np.asarray(model.learned["doses"]) / model.dose_unit
+    grid = np.linspace(doses.min(), doses.max(), 200)
+    paths = []
+    fig, ax = plt.subplots(figsize=(5.5, 4.0))
+    ax.plot(doses, model.learned["eta"], "ko", label="learned (DEQ)")
+    for name, spec in model.learned["fits"]["eta"].items():
+        fit = DoseFit.from_dict(spec)
+        ax.plot(grid, fit(grid), label=f"{name.replace('_', ' ')}, $R^2$ = {fit.r2:.3f}")
+    ax.set_xlabel("D (million counts)")
+    ax.set_ylabel(r"$\eta_D$")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    paths.append(_figure(Path(output_dir) / "eta_dose_fits.png", fig))
+
+    lam = np.asarray(model.learned["lambdas"])
+    frames = sorted({0, 4, 9, 14, lam.shape[1] - 1} & set(range(lam.shape[1])))
+    fig, ax = plt.subplots(figsize=(5.5, 4.0))
+    for t in frames:
+        (line,) = ax.plot(doses, lam[:, t], "o", label=f"frame {t + 1} ({model.lambdas[t].model.replace('_', ' ')}, "
+                                                       f"$R^2$ = {model.lambdas[t].r2:.3f})")
+        ax.plot(grid, model.lambdas[t](grid), color=line.get_color())
+    ax.set_xlabel("D (million counts)")
+    ax.set_ylabel(r"$\lambda_{t,D}$")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    paths.append(_figure(Path(output_dir) / "lambda_dose_fits.png", fig))
+    return paths
+
