@@ -6,21 +6,21 @@ import numba
 import pytest
 import torch
 
-from monai_ext.pet import (
-    BIOGRAPH_6_TRUEPOINT_TRUEV,
-    DynamicPETSimulator,
+from monai_ext.pet import BIOGRAPH_6_TRUEPOINT_TRUEV, DynamicPETSimulator, mlem
+from monai_ext.pet.noise_realisations import system_model_of
+from monai_ext.pet.regularised_mm import (
     RegularisedMMMap,
     dynamic_pet_objective,
     kkt_residuals,
-    mlem,
     mm_reconstruct,
+    objective_gradient,
     regularised_mm_step,
     smoothed_total_variation,
     temporal_difference_penalty,
+    uniform_initial_image,
 )
-from monai_ext.pet.noise_realisations import system_model_of
-from monai_ext.pet.regularised_mm import objective_gradient, uniform_initial_image
-from monai_ext.tomo import ParallelBeamProjector, SparseMatrixProjector
+from monai_ext.tomo import ParallelBeamProjector
+from monai_ext.tomo.sparse_projector import SparseMatrixProjector
 
 torch.set_num_threads(1)  # small tensors: one thread avoids OpenMP contention on the shared 2-core machine
 numba.set_num_threads(1)

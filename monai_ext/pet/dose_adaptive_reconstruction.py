@@ -14,7 +14,8 @@ import os
 
 import torch
 
-from ..tomo import ParallelBeamGeometry, SparseMatrixProjector
+from ..tomo import ParallelBeamGeometry
+from ..tomo.sparse_projector import SparseMatrixProjector
 from .dose_model import DoseModel
 from .regularised_mm import mm_reconstruct
 from .system_model import PETSystemModel

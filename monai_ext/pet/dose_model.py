@@ -172,6 +172,9 @@ def fit_dose_model(model: str, doses: Sequence[float], values: Sequence[float], 
         raise ValueError(f"model {model!r} needs at least {len(names)} distinct doses, got {len(np.unique(d))}.")
     if not (np.all(np.isfinite(d)) and np.all(d > 0) and np.all(np.isfinite(y))):
         raise ValueError("doses must be positive and finite, values finite.")
+    if float(np.ptp(y)) <= 1e-12 * max(float(np.max(np.abs(y))), 1e-300):  # constant: every model fits it exactly
+        constant = {"linear": (y[0], 0.0), "power": (y[0], 0.0), "exponential": (y[0], 0.0), "double_exponential": (y[0], 0.0, 0.0, 0.0)}
+        return DoseFit(model, tuple(float(c) for c in constant[model]), 1.0, 1.0)
     d_ref = float(np.median(d))
     u = d / d_ref
     rate_bound = 20.0  # per unit of d / d_ref
@@ -192,7 +195,7 @@ def fit_dose_model(model: str, doses: Sequence[float], values: Sequence[float], 
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                p, _ = curve_fit(lambda x, *c: function(x, *c), u, y / scale, p0=p0 / unit, bounds=(lower, upper), maxfev=20000)
+                p, _ = curve_fit(lambda x, *c: function(x, *c), u, y / scale, p0=p0 / unit, bounds=(lower, upper), maxfev=5000)
         except (RuntimeError, ValueError):
             continue
         p = p * unit

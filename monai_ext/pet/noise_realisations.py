@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..tomo import SparseMatrixProjector
+from ..tomo.sparse_projector import SparseMatrixProjector
 from .simulator import DynamicPETExam, DynamicPETSimulator
 from .system_model import PETSystemModel
 

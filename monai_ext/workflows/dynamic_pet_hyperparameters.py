@@ -43,9 +43,12 @@ __all__ = [
     "frame_snr",
     "learn_case",
     "compare_estimators",
+    "compare_cases",
     "compare_solvers",
     "dose_sweep",
     "comparison_table",
+    "lambdas_table",
+    "solver_table",
     "save_error_maps",
     "save_dose_fits",
 ]
@@ -237,6 +240,8 @@ def learn_case(
         "val_mse": result.val_mse,
         "initial_val_mse": initial,
         "seconds": result.seconds,
+        "wall_seconds": result.wall_seconds,
+        "clock": problem.clock().kind,
         "frame_snr": snr,
         "spearman_lambda_snr": _spearman(result.lambdas, snr),
         "history": result.history,
@@ -278,9 +283,10 @@ def compare_estimators(
     name: str | None = None,
     figure_frames: Sequence[int] = (1, 19),
 ) -> dict:
-    """DEQ (``1 + T`` weights) against grid search and TPE (``eta`` and one ``lambda``) at equal wall-clock time.
+    """DEQ (``1 + T`` weights) against grid search and TPE (``eta`` and one ``lambda``) at equal compute time.
 
-    The DEQ learns first; its training time is the budget of each search. Every method starts from an empty
+    The DEQ learns first; its training time (``ComputeClock``: CPU time of the process on CPU, synchronised
+    wall-clock time on CUDA) is the budget of each search. Every method starts from an empty
     warm-start cache; validation MSEs use the same uniform start and tolerance. Also reported: the learned
     ``lambda_t`` against the frame SNR, and MM iterations of Anderson against plain iteration at the learned weights.
     Writes ``<name>.json`` and ``<name>_errors.png`` (reference and absolute errors of the first validation
@@ -295,14 +301,16 @@ def compare_estimators(
     deq = learn_case(simulator, dose, subject_seed, learning=learning, solver=solver, device=device, data=data)
     budget = deq["seconds"]
     rows = [{"method": "deq", "n_parameters": 1 + data.n_frames, "val_mse": deq["val_mse"], "train_mse": deq["train_mse"],
-             "seconds": deq["seconds"], "n_evaluations": len(deq["history"]), "eta": deq["eta"], "lambdas": deq["lambdas"]}]
+             "seconds": deq["seconds"], "wall_seconds": deq["wall_seconds"], "n_evaluations": len(deq["history"]),
+             "eta": deq["eta"], "lambdas": deq["lambdas"]}]
     box = {"eta_range": learning.eta_range, "lambda_range": learning.lambda_range, "time_budget_s": budget,
            "batch_size": learning.batch_size, "log": logger.info}
     for search, kwargs in ((grid_search, {}), (tpe_search, {"seed": learning.seed})):
         problem = solver.problem(data, device)
         result = _validate(problem, val_idx, search(problem, train_idx, **box, **kwargs), learning.batch_size)
         rows.append({"method": result.method, "n_parameters": 2, "val_mse": result.val_mse, "train_mse": result.train_mse,
-                     "seconds": result.seconds, "n_evaluations": result.n_evaluations, "eta": result.eta,
+                     "seconds": result.seconds, "wall_seconds": result.wall_seconds, "n_evaluations": result.n_evaluations,
+                     "eta": result.eta,
                      "lambdas": result.lambdas, "trials": result.history})
     # reconstructions of one validation realisation for the figure, and the solver comparison at the DEQ weights
     problem = solver.problem(data, device)
@@ -316,6 +324,7 @@ def compare_estimators(
         "subject_seed": int(subject_seed),
         "dose": float(dose),
         "budget_s": budget,
+        "clock": deq["clock"],
         "rows": rows,
         "initial_val_mse": deq["initial_val_mse"],
         "frame_snr": deq["frame_snr"],
@@ -337,14 +346,73 @@ def compare_estimators(
     return out
 
 
+def compare_cases(
+    simulator: DynamicPETSimulator,
+    cases: Sequence[dict],
+    *,
+    learning: LearningSettings | dict | None = None,
+    solver: SolverSettings | dict | None = None,
+    device: str | torch.device = "cpu",
+    output_dir: str | None = None,
+) -> dict:
+    """:func:`compare_estimators` on each case (``{"subject_seed": int, "dose": float}``), then ``comparison.json`` and
+    ``comparison.md`` (the MSE table with times, the learned ``lambda_t`` against the frame SNR, and the MM
+    iterations of Anderson against plain iteration) in ``output_dir``.
+
+    Raises:
+        ValueError: an empty case list or a case without ``subject_seed`` / ``dose``.
+    """
+    if not cases:
+        raise ValueError("cases must list at least one {'subject_seed': ..., 'dose': ...}.")
+    for case in cases:
+        if not {"subject_seed", "dose"} <= set(case):
+            raise ValueError(f"each case needs 'subject_seed' and 'dose', got {case}.")
+    results = [
+        compare_estimators(simulator, float(c["dose"]), int(c["subject_seed"]), learning=learning, solver=solver, device=device,
+                           output_dir=output_dir)
+        for c in cases
+    ]
+    summary = {"cases": results, "table": comparison_table(results), "lambdas_table": lambdas_table(results),
+               "solver_table": solver_table(results)}
+    if output_dir is not None:
+        save_json(summary, Path(output_dir) / "comparison.json")
+        text = "\n\n".join([summary["table"], summary["lambdas_table"], summary["solver_table"]]) + "\n"
+        with atomic_path(Path(output_dir) / "comparison.md", suffix=".md") as tmp:
+            tmp.write_text(text)
+    logger.info("\n" + summary["table"])
+    return summary
+
+
+def lambdas_table(results: Sequence[dict]) -> str:
+    """Markdown table of the DEQ's ``lambda_t`` per case, with the frame SNR and their Spearman correlation."""
+    head = "| frame | " + " | ".join(f"SNR / lambda_t (s{r['subject_seed']}, {r['dose'] / 1e6:g} M)" for r in results) + " |"
+    lines = [head, "|---|" + "---|" * len(results)]
+    for t in range(len(results[0]["frame_snr"])):
+        cells = [f"{r['frame_snr'][t]:.0f} / {r['rows'][0]['lambdas'][t]:.4f}" for r in results]
+        lines.append(f"| {t + 1} | " + " | ".join(cells) + " |")
+    lines.append("| eta | " + " | ".join(f"{r['rows'][0]['eta']:.4f}" for r in results) + " |")
+    lines.append("| Spearman(lambda_t, SNR_t) | " + " | ".join(f"{r['spearman_lambda_snr']:+.2f}" for r in results) + " |")
+    return "\n".join(lines)
+
+
+def solver_table(results: Sequence[dict]) -> str:
+    """Markdown table of MM iterations to the tolerance: Anderson against plain iteration, at the learned weights."""
+    lines = ["| case | tolerance | Anderson | plain MM | ratio |", "|---|---|---|---|---|"]
+    for r in results:
+        it = r["solver_iterations"]
+        lines.append(f"| subject {r['subject_seed']}, D = {r['dose'] / 1e6:g} M | {it['tol']:.0e} | {it['anderson']['iterations']} "
+                     f"| {it['picard']['iterations']} | {it['ratio']:.1f} |")
+    return "\n".join(lines)
+
+
 def comparison_table(results: Sequence[dict]) -> str:
-    """Markdown table of validation MSEs (and times) of each method in each case, like the paper's Table I."""
+    """Markdown table of validation MSEs (compute time, trials or steps) of each method per case, like Table I."""
     methods = [r["method"] for r in results[0]["rows"]]
     labels = {"deq": "DEQ", "grid_search": "Grid search", "tpe": "TPE"}
     head = "| method | learnt params | " + " | ".join(f"subject {r['subject_seed']}, D = {r['dose'] / 1e6:g} M" for r in results) + " |"
     lines = [head, "|---|---|" + "---|" * len(results)]
     for i, method in enumerate(methods):
-        cells = [f"{r['rows'][i]['val_mse']:.4f} ({r['rows'][i]['seconds']:.0f} s)" for r in results]
+        cells = [f"{r['rows'][i]['val_mse']:.4f} ({r['rows'][i]['seconds']:.0f} s, {r['rows'][i]['n_evaluations']})" for r in results]
         lines.append(f"| {labels.get(method, method)} | {results[0]['rows'][i]['n_parameters']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
