@@ -5,7 +5,9 @@ Subpackages, grouped by domain:
 - ``monai_ext.tomo``: CT/CBCT geometries, projectors (forward/adjoint), FBP and FDK.
 - ``monai_ext.pet``: PET system model, Poisson likelihood, MLEM/OSEM, dynamic PET simulator.
 - ``monai_ext.deq``: fixed-point solvers and Deep Equilibrium layers with implicit gradients.
-- ``monai_ext.networks``: reconstruction networks.
+- ``monai_ext.solvers``: variational solvers (Tikhonov CG, TV PDHG) for any linear operator.
+- ``monai_ext.networks``: reconstruction networks (post-processing, MMSE + CNN, unrolled, Learned Primal-Dual).
+- ``monai_ext.data``: seeded in-memory data sets (random ellipses, real CT slices) and their simulated scans.
 - ``monai_ext.transforms``: MONAI transforms for measurement physics.
 - ``monai_ext.metrics``: image quality metrics.
 - ``monai_ext.phantoms``: analytic and random phantoms.
@@ -15,7 +17,7 @@ __version__ = "0.1.0"
 
 import importlib as _importlib
 
-_SUBPACKAGES = ("deq", "io", "metrics", "networks", "pet", "phantoms", "tomo", "transforms", "workflows")
+_SUBPACKAGES = ("data", "deq", "io", "metrics", "networks", "pet", "phantoms", "solvers", "tomo", "transforms", "workflows")
 
 
 def __getattr__(name: str):

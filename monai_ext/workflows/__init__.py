@@ -1,6 +1,8 @@
 """Glue between MONAI engines and reconstruction tasks, shared by the bundles' configs."""
 
+from .comparison import compare_methods, evaluate_methods, markdown_table, noise_robustness, plot_noise_robustness, reconstruct_all
 from .dynamic_pet_inference import DynamicPETPrepareBatch, SaveDynamicSeriesd, dynamic_pet_cases
+from .methods import check_choice, count_parameters, load_method_weights, select_method
 from .reconstruction import KeyedPrepareBatch, ReconstructionSummary, SaveReconstructiond
 
 __all__ = [
@@ -10,4 +12,14 @@ __all__ = [
     "dynamic_pet_cases",
     "DynamicPETPrepareBatch",
     "SaveDynamicSeriesd",
+    "check_choice",
+    "select_method",
+    "load_method_weights",
+    "count_parameters",
+    "reconstruct_all",
+    "evaluate_methods",
+    "compare_methods",
+    "markdown_table",
+    "noise_robustness",
+    "plot_noise_robustness",
 ]

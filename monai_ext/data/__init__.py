@@ -1,0 +1,21 @@
+"""Seeded, in-memory data sets for reconstruction bundles (no download)."""
+
+from .ct_datasets import (
+    SPLIT_SEEDS,
+    CTScans,
+    ellipse_ct_scans,
+    ellipse_images,
+    real_ct_images,
+    real_ct_scans,
+    simulate_scans,
+)
+
+__all__ = [
+    "SPLIT_SEEDS",
+    "CTScans",
+    "ellipse_images",
+    "real_ct_images",
+    "simulate_scans",
+    "ellipse_ct_scans",
+    "real_ct_scans",
+]
