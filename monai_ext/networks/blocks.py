@@ -18,6 +18,8 @@ class ConvBlock(nn.Sequential):
         features: channels of the hidden layers, one value for all or one per hidden layer.
         n_layers: number of convolutions, at least 1.
         kernel_size: odd kernel size, one value for all layers or one per layer.
+        zero_last: start the last convolution at zero (weights and bias), so that a residual block ``x + block(x)``
+            is the identity before training.
 
     Raises:
         ValueError: ``spatial_dims`` not 1-3, ``n_layers`` < 1, an even kernel size, or per-layer lists of the wrong
@@ -30,7 +32,9 @@ class ConvBlock(nn.Sequential):
         >>> srcnn = ConvBlock(2, 1, 1, features=(64, 32), kernel_size=(9, 1, 5))  # compNET's image-domain CNN
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, features=32, n_layers: int = 3, kernel_size=3) -> None:
+    def __init__(
+        self, spatial_dims: int, in_channels: int, out_channels: int, features=32, n_layers: int = 3, kernel_size=3, zero_last: bool = False
+    ) -> None:
         if spatial_dims not in (1, 2, 3):
             raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}.")
         if int(n_layers) < 1:
@@ -49,6 +53,9 @@ class ConvBlock(nn.Sequential):
             layers.append(conv(widths[i], widths[i + 1], kernels[i], padding=kernels[i] // 2))
             if i < n - 1:
                 layers.append(nn.PReLU(widths[i + 1]))
+        if zero_last:
+            nn.init.zeros_(layers[-1].weight)
+            nn.init.zeros_(layers[-1].bias)
         super().__init__(*layers)
 
 

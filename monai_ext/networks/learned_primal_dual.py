@@ -39,6 +39,8 @@ class LearnedPrimalDual(nn.Module):
         norm: ``||A||`` if known (else estimated by power iteration at construction).
         spatial_dims: dimensionality of the image space (default: ``len(operator.image_shape)``).
         dual_spatial_dims: dimensionality of the measurement space (default: ``len(operator.projection_shape)``).
+        zero_init: start the last convolution of every block at zero (the untrained network outputs zeros); the
+            default keeps PyTorch's random initialisation of every layer, which trained faster here.
 
     Raises:
         ValueError: non-positive ``n_iter``, channels or ``image_scale``; dimensions that cannot be inferred; at
@@ -66,6 +68,7 @@ class LearnedPrimalDual(nn.Module):
         norm: float | None = None,
         spatial_dims: int | None = None,
         dual_spatial_dims: int | None = None,
+        zero_init: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("n_iter", n_iter), ("n_primal", n_primal), ("n_dual", n_dual), ("features", features)):
@@ -77,8 +80,8 @@ class LearnedPrimalDual(nn.Module):
         dual_dims = operator_spatial_dims(operator, dual_spatial_dims, "projection_shape")
         self.operator = normalize_operator(operator, norm)
         self.n_primal, self.n_dual, self.image_scale = int(n_primal), int(n_dual), float(image_scale)
-        self.dual_blocks = nn.ModuleList(ConvBlock(dual_dims, self.n_dual + 2, self.n_dual, features) for _ in range(int(n_iter)))
-        self.primal_blocks = nn.ModuleList(ConvBlock(primal_dims, self.n_primal + 1, self.n_primal, features) for _ in range(int(n_iter)))
+        self.dual_blocks = nn.ModuleList(ConvBlock(dual_dims, self.n_dual + 2, self.n_dual, features, zero_last=zero_init) for _ in range(int(n_iter)))
+        self.primal_blocks = nn.ModuleList(ConvBlock(primal_dims, self.n_primal + 1, self.n_primal, features, zero_last=zero_init) for _ in range(int(n_iter)))
 
     @property
     def n_iter(self) -> int:

@@ -34,6 +34,8 @@ class UnrolledProximalGradient(nn.Module):
         image_scale: typical image value (e.g. 0.02 /mm), to normalise inputs and outputs.
         norm: ``||A||`` if known (else estimated at construction).
         spatial_dims: dimensionality of the image space (default: ``len(operator.image_shape)``).
+        zero_init: start the last convolution of every CNN at zero, so that the untrained network is plain
+            gradient descent (Landweber) on the data term and training learns the corrections.
 
     Raises:
         ValueError: non-positive ``n_iter``, ``features`` or ``image_scale``; at call time, measurements of the wrong
@@ -63,6 +65,7 @@ class UnrolledProximalGradient(nn.Module):
         image_scale: float = 0.02,
         norm: float | None = None,
         spatial_dims: int | None = None,
+        zero_init: bool = True,
     ) -> None:
         super().__init__()
         if int(n_iter) < 1:
@@ -73,7 +76,7 @@ class UnrolledProximalGradient(nn.Module):
         self.operator = normalize_operator(operator, norm)
         self.image_scale, self.shared, self._n_iter = float(image_scale), bool(shared), int(n_iter)
         n_blocks = 1 if self.shared else self._n_iter
-        self.proximals = nn.ModuleList(ConvBlock(dims, 1, 1, features, n_layers) for _ in range(n_blocks))
+        self.proximals = nn.ModuleList(ConvBlock(dims, 1, 1, features, n_layers, zero_last=zero_init) for _ in range(n_blocks))
         self.steps = nn.Parameter(torch.full((n_blocks,), float(step)))
 
     @property
