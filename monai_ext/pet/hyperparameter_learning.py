@@ -346,6 +346,15 @@ def _log_space(low: float, high: float, n: int) -> list[float]:
     return [float(v) for v in np.exp(np.linspace(math.log(low), math.log(high), n))] if n > 1 else [math.sqrt(low * high)]
 
 
+def _trial_subset(train_idx: Sequence[int], trial_realisations: int | None) -> list[int]:
+    train_idx = list(train_idx)
+    if trial_realisations is None:
+        return train_idx
+    if int(trial_realisations) < 1:
+        raise ValueError(f"trial_realisations must be a positive integer or None, got {trial_realisations}.")
+    return train_idx[: int(trial_realisations)]
+
+
 def _check_range(name: str, bounds: Sequence[float]) -> tuple[float, float]:
     low, high = (float(b) for b in bounds)
     if not 0 < low < high:
@@ -361,6 +370,7 @@ def grid_search(
     lambda_range: Sequence[float],
     time_budget_s: float,
     batch_size: int = 16,
+    trial_realisations: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> SearchResult:
     """Grid search of ``(eta, lambda)`` (scalar ``lambda``) on a log-spaced square grid sized to a time budget.
@@ -376,6 +386,8 @@ def grid_search(
         lambda_range: ``(low, high)`` of ``lambda``.
         time_budget_s: compute budget in seconds (:class:`ComputeClock`).
         batch_size: realisations per solve.
+        trial_realisations: score each trial on the first ``trial_realisations`` of ``train_idx`` only (more trials
+            in the budget, as the DEQ's mini-batches); ``None`` for all.
         log: called with a summary line.
 
     Raises:
@@ -385,6 +397,7 @@ def grid_search(
     lam_lo, lam_hi = _check_range("lambda_range", lambda_range)
     if not time_budget_s > 0:
         raise ValueError(f"time_budget_s must be positive, got {time_budget_s}.")
+    train_idx = _trial_subset(train_idx, trial_realisations)
     clock, trials = problem.clock(), []
 
     def trial(eta: float, lam: float) -> None:
@@ -419,13 +432,17 @@ def tpe_search(
     lambda_range: Sequence[float],
     time_budget_s: float,
     batch_size: int = 16,
+    trial_realisations: int | None = None,
     seed: int = 0,
+    n_startup_trials: int = 5,
     log: Callable[[str], None] | None = None,
 ) -> SearchResult:
     """Search of ``(eta, lambda)`` (scalar ``lambda``) with Optuna's seeded TPE sampler (log-uniform priors), stopped
     when the budget is spent (checked after each trial, so the last trial completes).
 
-    Arguments as :func:`grid_search`, plus ``seed`` of ``optuna.samplers.TPESampler``.
+    Arguments as :func:`grid_search`, plus ``seed`` and ``n_startup_trials`` (random trials before the Parzen
+    estimators are used; Optuna's default of 10 would leave no modelled trial in a short budget) of
+    ``optuna.samplers.TPESampler``.
 
     Raises:
         ValueError: invalid ranges or a non-positive budget.
@@ -437,6 +454,7 @@ def tpe_search(
     if not time_budget_s > 0:
         raise ValueError(f"time_budget_s must be positive, got {time_budget_s}.")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    train_idx = _trial_subset(train_idx, trial_realisations)
     clock, trials = problem.clock(), []
 
     def objective(trial: optuna.Trial) -> float:
@@ -450,7 +468,8 @@ def tpe_search(
         if clock.elapsed() >= time_budget_s:
             study.stop()
 
-    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=int(seed)))
+    sampler = optuna.samplers.TPESampler(seed=int(seed), n_startup_trials=int(n_startup_trials))
+    study = optuna.create_study(direction="minimize", sampler=sampler)
     study.optimize(objective, callbacks=[stop_when_spent])
     best = min(trials, key=lambda t: t["mse"])
     seconds = clock.elapsed()

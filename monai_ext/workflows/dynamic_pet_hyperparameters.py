@@ -51,6 +51,7 @@ __all__ = [
     "solver_table",
     "save_error_maps",
     "save_dose_fits",
+    "save_lambda_profiles",
 ]
 
 logger = logging.getLogger("dynamic_pet_deq_reconstruction")
@@ -111,8 +112,11 @@ class LearningSettings:
         lr_final: learning rate of the last epoch (exponential decay).
         eta_init: initial ``eta`` (the geometric centre of ``eta_range``).
         lambda_init: initial ``lambda_t`` (the geometric centre of ``lambda_range``).
-        eta_range: search box of ``eta`` for grid search and TPE.
-        lambda_range: search box of ``lambda``.
+        eta_range: search box of ``eta`` for grid search and TPE (two decades around ``eta_init``).
+        lambda_range: search box of ``lambda`` (two decades around ``lambda_init``).
+        search_realisations: training realisations scoring each grid/TPE trial (the first ones; ``None``: all).
+            Default: as many as a DEQ mini-batch, which buys the searches several times more trials.
+        tpe_startup_trials: random trials before TPE models the objective.
         slice_fraction: share of ``D`` in the simulated slice.
         seed: seed of the mini-batch order and of TPE.
         noise_seed: first noise seed of the realisations.
@@ -126,8 +130,10 @@ class LearningSettings:
     lr_final: float = 0.02
     eta_init: float = 1.0
     lambda_init: float = 0.1
-    eta_range: tuple[float, float] = (0.01, 100.0)
-    lambda_range: tuple[float, float] = (0.001, 10.0)
+    eta_range: tuple[float, float] = (0.1, 10.0)
+    lambda_range: tuple[float, float] = (0.01, 1.0)
+    search_realisations: int | None = 5
+    tpe_startup_trials: int = 5
     slice_fraction: float = DEFAULT_SLICE_FRACTION
     seed: int = 0
     noise_seed: int = 1000
@@ -304,8 +310,8 @@ def compare_estimators(
              "seconds": deq["seconds"], "wall_seconds": deq["wall_seconds"], "n_evaluations": len(deq["history"]),
              "eta": deq["eta"], "lambdas": deq["lambdas"]}]
     box = {"eta_range": learning.eta_range, "lambda_range": learning.lambda_range, "time_budget_s": budget,
-           "batch_size": learning.batch_size, "log": logger.info}
-    for search, kwargs in ((grid_search, {}), (tpe_search, {"seed": learning.seed})):
+           "batch_size": learning.batch_size, "trial_realisations": learning.search_realisations, "log": logger.info}
+    for search, kwargs in ((grid_search, {}), (tpe_search, {"seed": learning.seed, "n_startup_trials": learning.tpe_startup_trials})):
         problem = solver.problem(data, device)
         result = _validate(problem, val_idx, search(problem, train_idx, **box, **kwargs), learning.batch_size)
         rows.append({"method": result.method, "n_parameters": 2, "val_mse": result.val_mse, "train_mse": result.train_mse,
@@ -379,6 +385,7 @@ def compare_cases(
         text = "\n\n".join([summary["table"], summary["lambdas_table"], summary["solver_table"]]) + "\n"
         with atomic_path(Path(output_dir) / "comparison.md", suffix=".md") as tmp:
             tmp.write_text(text)
+        save_lambda_profiles(results, Path(output_dir) / "lambda_profiles.png")
     logger.info("\n" + summary["table"])
     return summary
 
@@ -424,6 +431,32 @@ def _figure(path: Path, fig) -> Path:
         fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def save_lambda_profiles(results: Sequence[dict], path: str | Path) -> Path:
+    """The learned ``lambda_t`` of each case against the frame index, with the frame SNR on a second axis, and the
+    scalar ``lambda`` of grid search and TPE for reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    right = ax.twinx()
+    for r in results:
+        frames = np.arange(1, len(r["frame_snr"]) + 1)
+        (line,) = ax.plot(frames, r["rows"][0]["lambdas"], "o-", label=f"DEQ, subject {r['subject_seed']}, D = {r['dose'] / 1e6:g} M")
+        for row, style in zip(r["rows"][1:], (":", "--")):
+            ax.axhline(row["lambdas"][0], color=line.get_color(), linestyle=style, linewidth=0.8)
+        right.plot(frames, r["frame_snr"], color=line.get_color(), alpha=0.3, linewidth=3)
+    ax.set_yscale("log")
+    ax.set_xlabel("frame")
+    ax.set_ylabel(r"learned $\lambda_t$ (dotted: grid search, dashed: TPE)")
+    right.set_ylabel("frame count SNR (thick, light)")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _figure(Path(path), fig)
 
 
 def save_error_maps(reference: torch.Tensor, recons: dict, frames: Sequence[int], path: str | Path, title: str = "") -> Path:
