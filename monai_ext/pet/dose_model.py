@@ -195,7 +195,7 @@ def fit_dose_model(model: str, doses: Sequence[float], values: Sequence[float], 
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                p, _ = curve_fit(lambda x, *c: function(x, *c), u, y / scale, p0=p0 / unit, bounds=(lower, upper), maxfev=5000)
+                p, _ = curve_fit(lambda x, *c: function(x, *c), u, y / scale, p0=p0 / unit, bounds=(lower, upper), maxfev=1000)
         except (RuntimeError, ValueError):
             continue
         p = p * unit
