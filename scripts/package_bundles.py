@@ -36,6 +36,20 @@ class BundleCheckError(ValueError):
     """A bundle failed a packaging check; the message lists every problem found."""
 
 
+def config_files_for(config: Path) -> list[str]:
+    """The files to parse for ``config``: itself, or, for an override (top-level ids with ``#``, like the Model
+    Zoo's ``multi_gpu_train.json``), the base config it extends (``train.json``, else ``inference.json``) and it."""
+    if config.suffix != ".json":
+        return [str(config)]
+    content = json.loads(config.read_text())
+    if isinstance(content, dict) and any("#" in key for key in content):
+        for name in ("train.json", "inference.json"):
+            base = config.parent / name
+            if base.is_file() and base != config:
+                return [str(base), str(config)]
+    return [str(config)]
+
+
 def check_bundle(bundle: Path, schema_path: Path) -> dict:
     """Run the packaging checks; return the metadata or raise ``BundleCheckError`` listing the problems."""
     import jsonschema
@@ -66,7 +80,7 @@ def check_bundle(bundle: Path, schema_path: Path) -> dict:
             continue
         try:
             parser = ConfigParser()
-            parser.read_config(str(config))
+            parser.read_config(config_files_for(config))
             parser.parse()
         except Exception as err:  # any parse failure is a packaging blocker
             problems.append(f"{config.name} does not parse: {err}")
