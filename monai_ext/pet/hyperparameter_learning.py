@@ -375,9 +375,11 @@ def grid_search(
 ) -> SearchResult:
     """Grid search of ``(eta, lambda)`` (scalar ``lambda``) on a log-spaced square grid sized to a time budget.
 
-    The first trial (grid centre, cold start) and a second one (warm start) measure the cost of a trial; the grid
-    side is then ``n = floor(sqrt(remaining / cost))`` (at least 2), visited row by row in a serpentine so that each
-    trial warm-starts from a neighbour. Trials stop once the budget is spent.
+    The first trial (grid centre, cold start) and a second one (warm start from a close point) measure the cost of a
+    trial; the grid side is then ``n = floor(sqrt(remaining / cost))`` (at least 2) with the dearer of the two costs
+    (a warm start from a close neighbour underestimates the steps across the grid, and a grid sized on it is left
+    mostly unvisited), visited row by row in a serpentine so that each trial warm-starts from a neighbour. Trials
+    stop once the budget is spent.
 
     Args:
         problem: the fixed-point problem.
@@ -407,7 +409,8 @@ def grid_search(
     trial(math.sqrt(eta_lo * eta_hi), math.sqrt(lam_lo * lam_hi))
     first = clock.elapsed()
     trial(math.sqrt(eta_lo * eta_hi) * 1.5, math.sqrt(lam_lo * lam_hi))
-    cost = max(clock.elapsed() - first, 1e-3)
+    # a warm start from a close neighbour is much cheaper than a step across the grid: budget with the dearer probe
+    cost = max(first, clock.elapsed() - first, 1e-3)
     n = max(2, int(math.sqrt(max(time_budget_s - clock.elapsed(), 0.0) / cost)))
     etas, lams = _log_space(eta_lo, eta_hi, n), _log_space(lam_lo, lam_hi, n)
     for i, eta in enumerate(etas):
