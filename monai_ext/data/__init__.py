@@ -1,5 +1,6 @@
 """Seeded, in-memory data sets for reconstruction bundles (no download)."""
 
+from .cbct_datasets import SCANS, CBCTScans, cbct_geometry, cbct_scans
 from .ct_datasets import (
     SPLIT_SEEDS,
     CTScans,
@@ -18,4 +19,8 @@ __all__ = [
     "simulate_scans",
     "ellipse_ct_scans",
     "real_ct_scans",
+    "SCANS",
+    "CBCTScans",
+    "cbct_geometry",
+    "cbct_scans",
 ]

@@ -40,6 +40,7 @@ __all__ = [
     "ellipse_images",
     "real_ct_images",
     "simulate_scans",
+    "transmission_noise",
     "ellipse_ct_scans",
     "real_ct_scans",
 ]
@@ -268,8 +269,6 @@ def simulate_scans(
     Raises:
         ValueError: images of the wrong shape, negative or non-finite, or a non-positive ``i0``.
     """
-    from monai_ext.transforms import BeerLambertCounts, NegLogTransmission
-
     if not isinstance(geometry, ParallelBeamGeometry):
         raise TypeError(f"geometry must be a ParallelBeamGeometry, got {type(geometry).__name__}.")
     fine = _fine_geometry(geometry, int(upsample))
@@ -282,9 +281,29 @@ def simulate_scans(
     references = F.avg_pool2d(fine_images.float(), int(upsample)) if upsample > 1 else fine_images.float().clone()
     if i0 is None:
         return references, line_integrals, line_integrals.clone()
+    return references, line_integrals, transmission_noise(line_integrals, float(i0), int(seed), electronic_std)
+
+
+def transmission_noise(line_integrals: torch.Tensor, i0: float, seed: int, electronic_std: float = 0.0) -> torch.Tensor:
+    """Noisy log-transformed projections of noise-free line integrals (Beer-Lambert law, Poisson counts).
+
+    ``N ~ Poisson(i0 exp(-p)) (+ N(0, electronic_std^2))``, ``y = -log(max(N, 0.5) / i0)``, by
+    ``monai_ext.transforms.BeerLambertCounts`` and ``NegLogTransmission``; shared by the CT and CBCT data sets.
+
+    Args:
+        line_integrals: noise-free line integrals, any shape.
+        i0: photons per detector bin.
+        seed: seed of the noise.
+        electronic_std: Gaussian electronic noise, photons.
+
+    Raises:
+        ValueError: non-positive ``i0``, non-finite line integrals.
+    """
+    from monai_ext.transforms import BeerLambertCounts, NegLogTransmission
+
     counts = BeerLambertCounts(float(i0), electronic_std).set_random_state(seed=int(seed))
     log = NegLogTransmission(float(i0), allow_negative=electronic_std > 0)
-    return references, line_integrals, log(counts(line_integrals))
+    return log(counts(line_integrals))
 
 
 @functools.lru_cache(maxsize=32)
