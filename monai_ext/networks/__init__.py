@@ -5,9 +5,10 @@ The physics-aware networks take any linear operator with ``forward``/``adjoint``
 """
 
 from .blocks import ConvBlock, operator_spatial_dims
+from .invertible_primal_dual import InvertiblePrimalDual
 from .learned_primal_dual import LearnedPrimalDual
 from .mmse import LinearMMSE
 from .post_processing import PostProcessingNet
 from .unrolled import UnrolledProximalGradient
 
-__all__ = ["ConvBlock", "operator_spatial_dims", "LearnedPrimalDual", "LinearMMSE", "PostProcessingNet", "UnrolledProximalGradient"]
+__all__ = ["ConvBlock", "operator_spatial_dims", "LearnedPrimalDual", "InvertiblePrimalDual", "LinearMMSE", "PostProcessingNet", "UnrolledProximalGradient"]

@@ -3,7 +3,10 @@
 from .comparison import compare_methods, evaluate_methods, markdown_table, noise_robustness, plot_noise_robustness, reconstruct_all
 from .dynamic_pet_inference import DynamicPETPrepareBatch, SaveDynamicSeriesd, dynamic_pet_cases
 from .methods import check_choice, count_parameters, load_method_weights, select_method
-from .reconstruction import KeyedPrepareBatch, ReconstructionSummary, SaveReconstructiond
+from .configs import config_content
+from .memory import measure_peak_memory, resident_bytes
+from .reconstruction import KeyedPrepareBatch, ReconstructionSummary, SaveReconstructiond, orthogonal_slices
+from .volume_comparison import compare_volume_methods, evaluate_volume_methods, volume_table
 
 __all__ = [
     "KeyedPrepareBatch",
@@ -22,4 +25,11 @@ __all__ = [
     "markdown_table",
     "noise_robustness",
     "plot_noise_robustness",
+    "config_content",
+    "orthogonal_slices",
+    "measure_peak_memory",
+    "resident_bytes",
+    "evaluate_volume_methods",
+    "compare_volume_methods",
+    "volume_table",
 ]

@@ -22,7 +22,7 @@ from monai.transforms import MapTransform
 from monai_ext.io import save_json, save_nifti, save_png
 from monai_ext.metrics import psnr, relative_error, ssim
 
-__all__ = ["KeyedPrepareBatch", "SaveReconstructiond", "ReconstructionSummary"]
+__all__ = ["KeyedPrepareBatch", "SaveReconstructiond", "ReconstructionSummary", "orthogonal_slices"]
 
 
 class KeyedPrepareBatch(PrepareBatch):
@@ -51,15 +51,28 @@ def _spatial(t) -> np.ndarray:
     return arr[0] if arr.ndim in (3, 4) and arr.shape[0] == 1 else arr
 
 
-def _preview(volume: np.ndarray) -> np.ndarray:
-    return volume[volume.shape[0] // 2] if volume.ndim == 3 else volume
+def _preview(volume: np.ndarray, orthogonal: bool = False) -> np.ndarray:
+    if volume.ndim != 3:
+        return volume
+    return orthogonal_slices(volume) if orthogonal else volume[volume.shape[0] // 2]
+
+
+def orthogonal_slices(volume) -> np.ndarray:
+    """The central axial, coronal and sagittal slices of a ``(nz, ny, nx)`` volume side by side (zero-padded)."""
+    v = volume.detach().cpu().float().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume, np.float32)
+    v = v.reshape(v.shape[-3:])
+    nz, ny, nx = v.shape
+    panels = [v[nz // 2], v[:, ny // 2, :][::-1], v[:, :, nx // 2][::-1]]  # axial; coronal and sagittal head up
+    height = max(p.shape[0] for p in panels)
+    padded = [np.pad(p, ((0, height - p.shape[0]), (0, 1))) for p in panels]
+    return np.concatenate(padded, axis=1)[:, :-1]
 
 
 class SaveReconstructiond(MapTransform):
     """Write ``data[key]`` (``(1, *spatial)``) to ``output_dir/<name>_<suffix>.nii.gz`` and a PNG preview.
 
     The PNG shows the reference (if ``reference_key`` is present), the reconstruction and the absolute error;
-    for a volume, its central axial slice.
+    for a volume, its central axial slice, or with ``orthogonal`` the central axial, coronal and sagittal slices.
 
     Args:
         keys: the reconstruction key (usually ``"pred"``).
@@ -68,6 +81,7 @@ class SaveReconstructiond(MapTransform):
         reference_key: key of the reference image, if any.
         spacing_key: key of the voxel size in mm (array order), written to the NIfTI header.
         suffix: file name suffix.
+        orthogonal: preview a volume by its three central orthogonal slices instead of the axial one.
     """
 
     def __init__(
@@ -79,8 +93,10 @@ class SaveReconstructiond(MapTransform):
         spacing_key: str = "spacing",
         suffix: str = "recon",
         allow_missing_keys: bool = False,
+        orthogonal: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.orthogonal = bool(orthogonal)
         self.output_dir = Path(output_dir)
         self.name_key, self.reference_key, self.spacing_key, self.suffix = name_key, reference_key, spacing_key, suffix
         self._count = 0
@@ -95,11 +111,12 @@ class SaveReconstructiond(MapTransform):
         for key in self.key_iterator(d):
             recon = _spatial(d[key])
             nifti = save_nifti(recon, self.output_dir / f"{name}_{self.suffix}.nii.gz", spacing=spacing)
-            panels = [(f"{self.suffix}", _preview(recon))]
+            shown = _preview(recon, self.orthogonal)
+            panels = [(f"{self.suffix}", shown)]
             ref = d.get(self.reference_key) if self.reference_key else None
             if ref is not None:
-                ref = _spatial(ref)
-                panels = [("reference", _preview(ref)), *panels, ("|error|", np.abs(_preview(recon) - _preview(ref)))]
+                ref = _preview(_spatial(ref), self.orthogonal)
+                panels = [("reference", ref), *panels, ("|error|", np.abs(shown - ref))]
             save_png(panels, self.output_dir / f"{name}_{self.suffix}.png")
             d[f"{key}_file"] = str(nifti)
         return d
