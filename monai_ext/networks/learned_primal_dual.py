@@ -41,6 +41,9 @@ class LearnedPrimalDual(nn.Module):
         dual_spatial_dims: dimensionality of the measurement space (default: ``len(operator.projection_shape)``).
         zero_init: start the last convolution of every block at zero (the untrained network outputs zeros); the
             default keeps PyTorch's random initialisation of every layer, which trained faster here.
+        initial: optional module ``projections -> image`` (e.g. FDK, ``monai_ext.tomo.FBP``) whose output starts
+            every primal channel instead of zeros (a warm start for short training, as in the CBCT bundle); a
+            module without parameters leaves the state dict unchanged.
 
     Raises:
         ValueError: non-positive ``n_iter``, channels or ``image_scale``; dimensions that cannot be inferred; at
@@ -69,6 +72,7 @@ class LearnedPrimalDual(nn.Module):
         spatial_dims: int | None = None,
         dual_spatial_dims: int | None = None,
         zero_init: bool = False,
+        initial: nn.Module | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("n_iter", n_iter), ("n_primal", n_primal), ("n_dual", n_dual), ("features", features)):
@@ -79,6 +83,7 @@ class LearnedPrimalDual(nn.Module):
         primal_dims = operator_spatial_dims(operator, spatial_dims, "image_shape")
         dual_dims = operator_spatial_dims(operator, dual_spatial_dims, "projection_shape")
         self.operator = normalize_operator(operator, norm)
+        self.initial = initial
         self.n_primal, self.n_dual, self.image_scale = int(n_primal), int(n_dual), float(image_scale)
         self.dual_blocks = nn.ModuleList(ConvBlock(dual_dims, self.n_dual + 2, self.n_dual, features, zero_last=zero_init) for _ in range(int(n_iter)))
         self.primal_blocks = nn.ModuleList(ConvBlock(primal_dims, self.n_primal + 1, self.n_primal, features, zero_last=zero_init) for _ in range(int(n_iter)))
@@ -93,8 +98,12 @@ class LearnedPrimalDual(nn.Module):
         if projections.shape[1] != 1:
             raise ValueError(f"projections must have one channel, got {projections.shape[1]}.")
         g = projections / (self.image_scale / self.operator.scale)
-        backprojection = self.operator.adjoint(g)
-        f = backprojection.new_zeros((g.shape[0], self.n_primal, *backprojection.shape[2:]))
+        if self.initial is None:
+            backprojection = self.operator.adjoint(g)
+            f = backprojection.new_zeros((g.shape[0], self.n_primal, *backprojection.shape[2:]))
+        else:
+            start = self.initial(projections) / self.image_scale
+            f = start.expand(-1, self.n_primal, *start.shape[2:]).contiguous()
         h = g.new_zeros((g.shape[0], self.n_dual, *g.shape[2:]))
         for dual, primal in zip(self.dual_blocks, self.primal_blocks):
             h = h + dual(torch.cat([h, self.operator(f[:, 1:2] if self.n_primal > 1 else f[:, :1]), g], dim=1))
