@@ -13,14 +13,17 @@ from monai_ext.fields import (
     FourierFeatures,
     ModulatedAttenuationField,
     MultiResolutionGrid,
+    NeuralFieldReconstruction,
     VoxelField,
     box_half_widths,
     fit_field,
     fit_field_to_volume,
     fit_modulation,
+    load_backbone,
     ray_box_intersection,
     render_line_integrals,
     render_projections,
+    train_backbone,
     train_conditioned_field,
 )
 from monai_ext.phantoms import thorax_phantom
@@ -138,3 +141,26 @@ def test_modulation_only_fit_leaves_backbone_unchanged(small_case):
     assert all(p.requires_grad for p in backbone.parameters())
     with pytest.raises(ValueError, match="modulation"):
         backbone(torch.zeros(3, 3), torch.zeros(1, 4, 5, 5, 5))
+
+
+def test_backbone_training_round_trip_and_reconstruction_module(small_case, tmp_path):
+    geom, _, projections = small_case
+    path = tmp_path / "backbone.pt"
+    backbone_args = {"latent_channels": 2, "modulation_resolution": 4, "encoding_args": {"n_levels": 2, "features_per_level": 2, "base_resolution": 4, "finest_resolution": 8}, "hidden": 8}
+    record = train_backbone(geom, projections.expand(2, -1, -1, -1, -1), str(path), backbone_args, {"n_steps": 3, "scans_per_step": 2, "rays_per_step": 64, "n_samples": 8}, progress=False)
+    assert record["n_scans"] == 2 and (tmp_path / "backbone_training.json").is_file()
+    backbone = load_backbone(str(path))
+    assert backbone.config["latent_channels"] == 2 and not any(p.requires_grad for p in backbone.parameters())
+    recon = NeuralFieldReconstruction(geom, "conditioned", backbone_file=str(path), n_steps=2, rays_per_step=64, n_samples=8, output_shape=(8, 12, 10), progress=False)
+    with torch.no_grad():  # fitting enables gradients itself, as under a MONAI evaluator
+        volume = recon(projections)
+    assert volume.shape == (1, 1, 8, 12, 10) and recon.output_spacing == (16.0, 128 / 12, 12.8)
+    assert recon.last_fits[0]["fitted_parameters_mib"] < recon.last_fits[0]["field_parameters_mib"]
+    per_scan = NeuralFieldReconstruction(geom, "per_scan", field_args={"encoding": "fourier", "encoding_args": {"n_frequencies": 2}, "hidden": 8}, n_steps=2, rays_per_step=64, n_samples=8, progress=False)
+    assert per_scan(projections).shape == (1, 1, 16, 16, 16)
+    with pytest.raises(ValueError, match="method"):
+        NeuralFieldReconstruction(geom, "hash")
+    with pytest.raises(ValueError, match="backbone_file"):
+        NeuralFieldReconstruction(geom, "conditioned")
+    with pytest.raises(ValueError, match="projections"):
+        per_scan(projections[:, :, :10])

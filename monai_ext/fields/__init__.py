@@ -14,6 +14,7 @@ from .fields import (
     voxel_centres,
 )
 from .fitting import fit_field, fit_field_to_volume, fit_modulation, train_conditioned_field
+from .reconstruction import METHODS, NeuralFieldReconstruction, load_backbone, save_backbone, train_backbone
 from .rendering import ConeBeamRays, ray_box_intersection, render_line_integrals, render_projections
 
 __all__ = [
@@ -38,4 +39,9 @@ __all__ = [
     "fit_field_to_volume",
     "fit_modulation",
     "train_conditioned_field",
+    "METHODS",
+    "NeuralFieldReconstruction",
+    "save_backbone",
+    "load_backbone",
+    "train_backbone",
 ]

@@ -173,6 +173,18 @@ class ModulatedAttenuationField(_BoxField):
         if int(hidden) < 1 or int(n_hidden) < 1:
             raise ValueError(f"hidden and n_hidden must be at least 1, got {hidden} and {n_hidden}.")
         self.latent_channels, self.modulation_resolution = int(latent_channels), int(modulation_resolution)
+        self.config = {
+            "half_widths": [float(h) for h in half_widths],
+            "latent_channels": self.latent_channels,
+            "modulation_resolution": self.modulation_resolution,
+            "encoding": encoding,
+            "encoding_args": {k: v for k, v in (encoding_args or {}).items() if k != "generator"},
+            "hidden": int(hidden),
+            "n_hidden": int(n_hidden),
+            "scale": float(scale),
+            "beta": float(beta),
+            "seed": int(seed),
+        }  # the constructor's arguments, saved with trained weights
         gen = torch.Generator().manual_seed(int(seed))
         args = dict(encoding_args or {})
         if encoding == "grid":
@@ -242,19 +254,20 @@ class VoxelField(_BoxField):
         return sample_grid(self.volume, self.normalise(points), padding_mode="zeros")[:, 0]
 
 
-def sample_volume(field: torch.nn.Module, shape: Sequence[int], spacing: Sequence[float] | float, chunk: int = 2**16) -> torch.Tensor:
+def sample_volume(field, shape: Sequence[int], spacing: Sequence[float] | float, chunk: int = 2**16, device=None) -> torch.Tensor:
     """Evaluate ``field(points_mm)`` at the voxel centres of a centred grid; returns ``(1, 1, *shape)``.
 
     The grid may differ from the scan's (finer, coarser, a sub-box): the field is continuous.
 
     Args:
-        field: module mapping ``(N, 3)`` mm points to ``(N,)`` values.
+        field: module or callable mapping ``(N, 3)`` mm points to ``(N,)`` values.
         shape: ``(nz, ny, nx)``.
         spacing: voxel size in mm.
         chunk: points per call.
+        device: where the points go when ``field`` is not a module with buffers (default CPU).
     """
-    ref = next(iter(field.buffers()), None)
-    device = ref.device if ref is not None else None
+    ref = next(iter(field.buffers()), None) if isinstance(field, torch.nn.Module) else None
+    device = ref.device if ref is not None else device
     points = voxel_centres(shape, spacing, device=device).reshape(-1, 3)
     with torch.no_grad():
         values = torch.cat([field(part) for part in points.split(int(chunk))])
