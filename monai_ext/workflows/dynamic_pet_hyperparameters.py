@@ -44,6 +44,7 @@ __all__ = [
     "learn_case",
     "compare_estimators",
     "compare_cases",
+    "summarise_comparison",
     "compare_solvers",
     "dose_sweep",
     "comparison_table",
@@ -378,6 +379,14 @@ def compare_cases(
                            output_dir=output_dir)
         for c in cases
     ]
+    return summarise_comparison(results, output_dir)
+
+
+def summarise_comparison(results: Sequence[dict], output_dir: str | None = None) -> dict:
+    """The tables of :func:`compare_cases` from results of :func:`compare_estimators` (e.g. the ``<name>.json`` of
+    cases run as separate processes): ``comparison.json``, ``comparison.md`` and ``lambda_profiles.png`` in
+    ``output_dir``."""
+    results = list(results)
     summary = {"cases": results, "table": comparison_table(results), "lambdas_table": lambdas_table(results),
                "solver_table": solver_table(results)}
     if output_dir is not None:
