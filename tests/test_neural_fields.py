@@ -164,3 +164,21 @@ def test_backbone_training_round_trip_and_reconstruction_module(small_case, tmp_
         NeuralFieldReconstruction(geom, "conditioned")
     with pytest.raises(ValueError, match="projections"):
         per_scan(projections[:, :, :10])
+
+
+def test_cbct_comparison_table(small_case, tmp_path):
+    from monai_ext.data import CBCTScans
+    from monai_ext.fields.evaluation import compare_cbct_methods
+    from monai_ext.tomo import FBP
+
+    geom, volume, projections = small_case
+    scans = CBCTScans(("case0",), volume[None, None], projections, geom, None)
+    per_scan = NeuralFieldReconstruction(geom, "per_scan", field_args={"hidden": 8, "encoding_args": {"n_levels": 1, "finest_resolution": 8}}, n_steps=2, rays_per_step=64, n_samples=8, progress=False)
+    summary = compare_cbct_methods({"FDK": FBP(geom), "NAF": per_scan}, {"noise_free": scans}, str(tmp_path), n_views=50, method_names=["FDK", "NAF"])
+    row = summary["results"]["noise_free"]["NAF"]
+    assert row["memory_mib"] == pytest.approx(per_scan.last_fits[0]["field_parameters_mib"], abs=1e-4)
+    assert summary["results"]["noise_free"]["FDK"]["memory_mib"] == pytest.approx(16**3 * 4 / 2**20, abs=1e-4)
+    assert "CondCBNT | 28.31" in summary["published_markdown"]
+    assert (tmp_path / "comparison.md").is_file() and (tmp_path / "examples_noise_free.png").is_file()
+    with pytest.raises(ValueError, match="unknown method"):
+        compare_cbct_methods({"FDK": FBP(geom)}, {"noise_free": scans}, str(tmp_path), method_names=["TV"])

@@ -138,14 +138,36 @@ def _save_slices(references: torch.Tensor, first: Mapping[str, torch.Tensor], pa
     plt.close(fig)
 
 
-def compare_cbct_methods(methods: Mapping[str, torch.nn.Module], datasets: Mapping[str, object], output_dir: str, device=None, n_views: int = 50, hardware: str | None = None) -> dict:
+def compare_cbct_methods(
+    methods: Mapping[str, torch.nn.Module],
+    datasets: Mapping[str, object],
+    output_dir: str,
+    device=None,
+    n_views: int = 50,
+    hardware: str | None = None,
+    method_names: list[str] | None = None,
+) -> dict:
     """Evaluate every method on every data set; write ``comparison.json``, ``comparison.md`` and ``examples_<set>.png``.
 
     ``comparison.md`` holds the measured table and the published one for ``n_views`` projections.
 
+    Args:
+        methods: modules by name.
+        datasets: data sets (``names``, ``volumes``, ``projections``, ``i0``) by name.
+        output_dir: destination folder.
+        device: where the methods run.
+        n_views: projection count, selecting the published rows shown beside the measured ones.
+        hardware: description stored with the timings (default: the device's).
+        method_names: evaluate only these methods (default: all).
+
     Raises:
-        ValueError: no method or no data set.
+        ValueError: no method or no data set, or a name of ``method_names`` not in ``methods``.
     """
+    if method_names:
+        unknown = [m for m in method_names if m not in methods]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {list(methods)}.")
+        methods = {m: methods[m] for m in method_names}
     if not methods or not datasets:
         raise ValueError(f"need at least one method and one data set, got {list(methods)} and {list(datasets)}.")
     out = Path(output_dir)
