@@ -1,0 +1,248 @@
+"""Neural blind deconvolution of PET (issue 9): forward model, geometry, SUV, DICOM checks, kernels, metrics, a fit."""
+
+from __future__ import annotations
+
+import datetime
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from monai_ext.io.pet_dicom import read_pet_series
+from monai_ext.metrics.deconvolution import kernel_similarity, recovery_coefficients
+from monai_ext.networks.blind_deconvolution import ImageGenerator, KernelGenerator
+from monai_ext.pet.blind_deconvolution import (
+    BlindDeconvolutionConfig,
+    BlurDownsample,
+    blur_and_downsample,
+    crop_affine,
+    interpolate_2x,
+    neural_blind_deconvolution,
+    supersampled_affine,
+)
+from monai_ext.pet.suv import hume_lean_body_mass, suv_factors
+from monai_ext.phantoms.spheres import gaussian_kernel, sphere_phantom
+from monai_ext.workflows.psma_deconvolution import deblur_cases, pet_cases
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "psma_pet_neural_blind_deconvolution"
+
+
+# ---------------------------------------------------------------- forward model and geometry
+def test_blur_downsample_is_valid_convolution_then_block_mean():
+    torch.manual_seed(0)
+    op = BlurDownsample((5, 3, 5))
+    x = torch.rand(1, 1, 2 * 3 + 4, 2 * 4 + 2, 2 * 5 + 4, dtype=torch.float64)
+    k = torch.rand(1, 1, 5, 3, 5, dtype=torch.float64)
+    direct = F.avg_pool3d(F.conv3d(x, torch.flip(k, dims=(2, 3, 4))), 2)  # conv3d correlates: flip for a convolution
+    assert op(x, k).shape == (1, 1, 3, 4, 5)
+    torch.testing.assert_close(op(x, k), direct, rtol=1e-10, atol=1e-10)
+
+
+def test_blur_downsample_adjoint():
+    torch.manual_seed(1)
+    op = BlurDownsample(7)
+    x = torch.rand(1, 1, *op.image_shape((4, 6, 5)), dtype=torch.float64)
+    y = torch.rand(1, 1, 4, 6, 5, dtype=torch.float64)
+    k = torch.rand(1, 1, 5, 5, 5, dtype=torch.float64)  # smaller kernels are zero-padded to the operator's size
+    lhs = (op(x, k) * y).sum()
+    rhs = (x * op.adjoint(y, k)).sum()
+    assert abs(float(lhs - rhs)) < 1e-10 * float(lhs)
+
+
+def test_blur_downsample_rejects_wrong_shapes():
+    with pytest.raises(ValueError, match="odd"):
+        BlurDownsample(4)
+    with pytest.raises(ValueError, match="2 N \\+ K - 1"):
+        BlurDownsample(5)(torch.rand(1, 1, 9, 12, 12), torch.rand(1, 1, 5, 5, 5))
+
+
+def test_supersampled_affine_halves_spacing_and_shifts_origin_by_a_quarter_voxel():
+    affine = np.array([[-2.73, 0, 0, 100.0], [0, -2.73, 0, 50.0], [0, 0, 2.8, -30.0], [0, 0, 0, 1]])
+    fine = supersampled_affine(affine)
+    np.testing.assert_allclose(np.linalg.norm(fine[:3, :3], axis=0), [1.365, 1.365, 1.4])
+    # fine voxels 0 and 1 are the two halves of coarse voxel 0: their mean centre is the coarse centre
+    centre = (fine @ [0, 0, 0, 1] + fine @ [1, 1, 1, 1]) / 2
+    np.testing.assert_allclose(centre, affine @ [0, 0, 0, 1])
+    np.testing.assert_allclose(fine @ [0, 0, 0, 1], affine @ [-0.25, -0.25, -0.25, 1])
+    np.testing.assert_allclose(crop_affine(affine, (1, 2, 3)) @ [0, 0, 0, 1], affine @ [3, 2, 1, 1])
+
+
+def test_interpolation_grid_matches_the_supersampled_affine():
+    ramp = np.broadcast_to(np.arange(6.0)[None, None, :], (4, 5, 6))  # value = x index
+    linear = interpolate_2x(ramp, 1)
+    np.testing.assert_allclose(linear[1, 1, 1:-1], np.arange(1, 11) / 2 - 0.25, atol=1e-6)  # fine j -> coarse j/2 - 1/4
+    np.testing.assert_array_equal(interpolate_2x(ramp, 0)[0, 0], np.repeat(np.arange(6.0), 2))
+    # the phantom's 2x reference averages back to its block means (same grid convention)
+    phantom = sphere_phantom(shape=(8, 28, 28), ring_radius=22.0, cylinder_radius=34.0, diameters=(10.0, 8.0))
+    assert phantom.reference_2x.shape == (16, 56, 56) and phantom.sphere_masks_2x.shape == (2, 16, 56, 56)
+    rc = recovery_coefficients(phantom.reference_2x, phantom.sphere_masks_2x, phantom.sphere_activity)
+    assert min(rc) > 0.9  # partial volume only at the rims
+
+
+# ---------------------------------------------------------------- networks and kernels
+def test_kernel_generator_is_a_non_negative_kernel_summing_to_one():
+    gk = KernelGenerator((5, 7, 3), input_size=20, hidden=50)
+    k = gk(torch.randn(20)).detach()
+    assert k.shape == (1, 1, 5, 7, 3)
+    assert float(k.min()) >= 0 and abs(float(k.sum()) - 1) < 1e-6
+    with pytest.raises(ValueError):
+        KernelGenerator(4)
+
+
+def test_image_generator_doubles_odd_sizes():
+    gx = ImageGenerator(2, (4, 8), 2, 4, output_scale=2.0)
+    out = gx(torch.rand(1, 2, 7, 9, 11))
+    assert out.shape == (1, 1, 14, 18, 22) and float(out.min()) > 0 and float(out.max()) < 2
+
+
+def test_kernel_similarity():
+    g = gaussian_kernel((3.0, 2.0, 2.0), 9)
+    assert kernel_similarity(g, g) == pytest.approx(1.0)
+    assert kernel_similarity(g, gaussian_kernel((3.0, 2.0, 2.0), 11)) == pytest.approx(1.0, abs=1e-3)
+    shifted = np.roll(g, 2, axis=2)
+    assert kernel_similarity(g, shifted) < 0.7
+
+
+# ---------------------------------------------------------------- SUV
+def test_hume_lean_body_mass_by_hand():
+    assert hume_lean_body_mass(80.0, 180.0, "M") == pytest.approx(0.32810 * 80 + 0.33929 * 180 - 29.5336)
+    assert hume_lean_body_mass(80.0, 180.0, "M") == pytest.approx(57.7866, abs=1e-4)
+    assert hume_lean_body_mass(60.0, 165.0, "F") == pytest.approx(43.43955, abs=1e-4)
+    with pytest.raises(ValueError, match="sex"):
+        hume_lean_body_mass(60.0, 165.0, "O")
+
+
+def _pet_header(weight=80.0, height=1.80, sex="M"):
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.Modality = "PT"
+    ds.Units = "BQML"
+    ds.DecayCorrection = "START"
+    ds.SeriesDate = "20240105"
+    ds.SeriesTime = "110000"
+    if weight is not None:
+        ds.PatientWeight = str(weight)
+    ds.PatientSize = str(height)
+    ds.PatientSex = sex
+    info = Dataset()
+    info.RadionuclideTotalDose = "370000000"
+    info.RadionuclideHalfLife = "6586.2"
+    info.RadiopharmaceuticalStartTime = "100000"
+    ds.RadiopharmaceuticalInformationSequence = [info]
+    return ds
+
+
+def test_suv_factors_against_hand_computed_values():
+    factors = suv_factors(_pet_header())
+    decayed = 370e6 * 0.6846329  # 2^(-3600 / 6586.2) = exp(-ln2 * 0.546597): one hour of 18F decay
+    assert factors.decayed_dose_bq == pytest.approx(decayed, rel=1e-5)
+    assert factors.body_weight == pytest.approx(80_000.0 / decayed, rel=1e-5)  # g / Bq
+    assert factors.lean_body_mass == pytest.approx(57_786.6 / decayed, rel=1e-5)
+    # 10 kBq/mL in an 80 kg patient 1 h after 370 MBq of 18F: SUVbw = 10e3 * 80e3 / 253.3e6 = 3.158
+    assert 10e3 * factors.body_weight == pytest.approx(3.158, abs=1e-3)
+
+
+def test_suv_needs_the_patient_weight():
+    with pytest.raises(ValueError, match="PatientWeight"):
+        suv_factors(_pet_header(weight=None))
+
+
+# ---------------------------------------------------------------- DICOM series
+def _write_series(folder: Path, n: int = 6, modality: str = "PT", weight=80.0, skip=(), rows=None):
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = generate_uid()
+    for i in range(n):
+        if i in skip:
+            continue
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.128"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(folder / f"s{i}.dcm"), _pet_header(weight=weight), file_meta=meta, preamble=b"\0" * 128)
+        ds.Modality = modality
+        ds.SOPClassUID = meta.MediaStorageSOPClassUID
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.SeriesInstanceUID = series_uid
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [-10.0, -20.0, 100.0 + 2.8 * i]
+        ds.PixelSpacing = [2.73, 2.5]
+        ds.SliceThickness = 2.8
+        ds.NumberOfSlices = n
+        r = rows if (rows is not None and i == 2) else 8
+        ds.Rows, ds.Columns = r, 10
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = "2.0", "0"
+        ds.PixelData = (np.arange(r * 10, dtype=np.uint16).reshape(r, 10) + 100 * i).tobytes()
+        ds.save_as(str(folder / f"s{i}.dcm"), enforce_file_format=True)
+    return folder
+
+
+def test_dicom_series_reads_volume_and_affine(tmp_path):
+    series = read_pet_series(_write_series(tmp_path / "pet"))
+    assert series.volume.shape == (6, 8, 10)
+    assert series.volume[3, 0, 1] == pytest.approx(2.0 * (1 + 300))
+    assert series.spacing == pytest.approx((2.8, 2.73, 2.5))
+    # NIfTI voxel (column, row, slice) -> RAS: LPS position with x and y negated
+    np.testing.assert_allclose(series.affine @ [0, 0, 0, 1], [10.0, 20.0, 100.0, 1])
+    np.testing.assert_allclose(series.affine @ [1, 1, 1, 1], [10.0 - 2.5, 20.0 - 2.73, 102.8, 1])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"skip": (3,)}, "missing slices"),
+        ({"skip": (5,)}, "missing slices"),  # an end slice: only NumberOfSlices tells
+        ({"rows": 9}, "inconsistent slices"),
+        ({"modality": "CT"}, "not a PET series"),
+    ],
+)
+def test_dicom_series_errors(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        read_pet_series(_write_series(tmp_path / "pet", **kwargs))
+
+
+def test_bad_input_writes_nothing(tmp_path):
+    folder = _write_series(tmp_path / "pet", weight=None)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="PatientWeight"):
+        deblur_cases(pet_cases(str(folder), suv="bw"), BlindDeconvolutionConfig(), out)
+    assert not out.exists()
+
+
+def test_dicom_to_suv_volume(tmp_path):
+    case = pet_cases(str(_write_series(tmp_path / "pet")), suv="lbm")[0]
+    bq = read_pet_series(tmp_path / "pet").volume
+    np.testing.assert_allclose(case["volume"], bq * suv_factors(_pet_header()).lean_body_mass, rtol=1e-6)
+    assert case["unit"] == "SUVlbm"
+
+
+# ---------------------------------------------------------------- BRISQUE
+def test_brisque_prefers_a_sharp_natural_image():
+    from scipy.ndimage import gaussian_filter
+    from skimage import data
+
+    from monai_ext.metrics.brisque import brisque_score, load_brisque_model
+
+    model = load_brisque_model(str(BUNDLE / "models/brisque_svr.txt"), str(BUNDLE / "models/brisque_feature_range.json"))
+    image = data.camera().astype(float)[::2, ::2]
+    assert brisque_score(image, model, (0, 255)) + 20 < brisque_score(gaussian_filter(image, 2.0), model, (0, 255))
+
+
+# ---------------------------------------------------------------- a small fit
+@pytest.mark.slow  # 110 Adam steps on a 20 x 56 x 56 grid: 3.5 min wall on the shared 2-core machine
+def test_small_fit_improves_recovery_over_cubic_interpolation():
+    phantom = sphere_phantom(shape=(10, 28, 28), ring_radius=22.0, cylinder_radius=34.0, diameters=(10.0, 8.0, 7.0))
+    config = BlindDeconvolutionConfig(kernel_sizes=(5, 9), iterations=(20, 60), pretrain_steps=30, progress=False, seed=0)
+    result = neural_blind_deconvolution(phantom.measured, phantom.spacing, config)
+    assert abs(float(result.kernel.sum()) - 1) < 1e-5 and float(result.kernel.min()) >= 0
+    rc = recovery_coefficients(result.image, phantom.sphere_masks_2x, phantom.sphere_activity)
+    cubic = recovery_coefficients(interpolate_2x(phantom.measured, 3), phantom.sphere_masks_2x, phantom.sphere_activity)
+    assert np.mean(rc) > np.mean(cubic), (rc, cubic)
