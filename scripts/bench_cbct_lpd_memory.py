@@ -32,13 +32,14 @@ NETWORKS = ("lpd", "invertible", "invertible_stored")
 
 
 def _worker(args) -> dict:
+    from monai_ext.workflows.memory import measure_peak_memory, release_freed_memory
+
+    release_freed_memory()  # before any tensor exists, so that no freed block stays in the heap
     import torch
 
     from monai_ext.data import cbct_geometry
     from monai_ext.networks import InvertiblePrimalDual, LearnedPrimalDual
     from monai_ext.tomo import ConeBeamProjector
-    from monai_ext.workflows.memory import measure_peak_memory
-
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -110,7 +111,8 @@ def main() -> None:
     for n_iter in args.iters:
         for network in NETWORKS:
             cmd = [sys.executable, __file__, "--worker", "--network", network, "--n-iter", str(n_iter), *common]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # glibc: mmap (and unmap) every block > 64 KiB
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT, env=env)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"  {network:18s} {n_iter:3d} it: {rows[-1]['peak_mib']:8.1f} MiB, {rows[-1]['step_seconds']:.1f} s", flush=True)
     by = {(r["network"], r["n_iter"]): r for r in rows}

@@ -20,14 +20,19 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["resident_bytes", "measure_peak_memory"]
+__all__ = ["release_freed_memory", "resident_bytes", "measure_peak_memory"]
 
 _M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
 _MMAP_THRESHOLD_BYTES = 64 * 1024
 _tuned = False
 
 
-def _fix_mmap_threshold() -> None:
+def release_freed_memory() -> None:
+    """Make glibc's malloc serve blocks above 64 KiB by ``mmap`` from now on, so that freed tensors leave the RSS.
+
+    Call it before the allocations to be measured start (blocks freed earlier may stay in the heap); a no-op on
+    other C libraries.
+    """
     global _tuned
     if _tuned:
         return
@@ -71,7 +76,7 @@ def measure_peak_memory(fn: Callable[[], object], device=None, interval: float =
         result = fn()
         torch.cuda.synchronize(device)
         return result, int(torch.cuda.max_memory_allocated(device) - before)
-    _fix_mmap_threshold()
+    release_freed_memory()
     before = resident_bytes()
     peak = [before]
     done = threading.Event()
