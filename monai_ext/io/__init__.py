@@ -1,6 +1,7 @@
 """File input/output shared by the bundles: atomic NIfTI/PNG/JSON writers and projection files with sidecars."""
 
 from .datalists import tomography_cases
+from .pet_dicom import PETSeries, read_pet_series
 from .files import (
     atomic_path,
     geometry_from_dict,
@@ -24,4 +25,6 @@ __all__ = [
     "geometry_from_dict",
     "save_projections",
     "load_projections",
+    "PETSeries",
+    "read_pet_series",
 ]

@@ -4,6 +4,7 @@ The physics-aware networks take any linear operator with ``forward``/``adjoint``
 2D or 3D, dense matrices, compositions) and normalise it by its norm inside.
 """
 
+from .blind_deconvolution import ImageGenerator, KernelGenerator
 from .blocks import ConvBlock, operator_spatial_dims
 from .invertible_primal_dual import InvertiblePrimalDual
 from .learned_primal_dual import LearnedPrimalDual
@@ -11,4 +12,4 @@ from .mmse import LinearMMSE
 from .post_processing import PostProcessingNet
 from .unrolled import UnrolledProximalGradient
 
-__all__ = ["ConvBlock", "operator_spatial_dims", "LearnedPrimalDual", "InvertiblePrimalDual", "LinearMMSE", "PostProcessingNet", "UnrolledProximalGradient"]
+__all__ = ["ConvBlock", "operator_spatial_dims", "LearnedPrimalDual", "InvertiblePrimalDual", "LinearMMSE", "PostProcessingNet", "UnrolledProximalGradient", "ImageGenerator", "KernelGenerator"]

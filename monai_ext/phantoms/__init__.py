@@ -1,7 +1,9 @@
-"""Phantoms with exact line integrals: Shepp-Logan, random ellipses/ellipsoids, seeded thorax-like CBCT phantoms."""
+"""Phantoms: Shepp-Logan, random ellipses/ellipsoids and seeded thorax-like CBCT phantoms with exact line integrals; a
+Q3P-like PET sphere phantom."""
 
 from .anatomy import MU_WATER, TISSUE_HU, hu_to_mu, mu_to_hu, thorax_phantom
 from .ellipsoids import Ellipsoid, EllipsoidPhantom, random_ellipsoids, shepp_logan
+from .spheres import Q3P_DIAMETERS_MM, SpherePhantom, gaussian_kernel, sphere_phantom
 
 __all__ = [
     "MU_WATER",
@@ -13,4 +15,8 @@ __all__ = [
     "EllipsoidPhantom",
     "shepp_logan",
     "random_ellipsoids",
+    "Q3P_DIAMETERS_MM",
+    "SpherePhantom",
+    "sphere_phantom",
+    "gaussian_kernel",
 ]
