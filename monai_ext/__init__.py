@@ -7,7 +7,8 @@ Subpackages, grouped by domain:
 - ``monai_ext.deq``: fixed-point solvers and Deep Equilibrium layers with implicit gradients.
 - ``monai_ext.solvers``: variational solvers (Tikhonov CG, TV PDHG) for any linear operator.
 - ``monai_ext.networks``: reconstruction networks (post-processing, MMSE + CNN, unrolled, Learned Primal-Dual).
-- ``monai_ext.data``: seeded in-memory data sets (random ellipses, real CT slices) and their simulated scans.
+- ``monai_ext.fields``: neural attenuation fields for CBCT (encodings, ray rendering, per-scan and conditioned fits).
+- ``monai_ext.data``: seeded in-memory data sets (random ellipses, real CT slices, CBCT thoraxes) and their scans.
 - ``monai_ext.transforms``: MONAI transforms for measurement physics.
 - ``monai_ext.metrics``: image quality metrics.
 - ``monai_ext.phantoms``: analytic and random phantoms.
@@ -17,7 +18,7 @@ __version__ = "0.1.0"
 
 import importlib as _importlib
 
-_SUBPACKAGES = ("data", "deq", "io", "metrics", "networks", "pet", "phantoms", "solvers", "tomo", "transforms", "workflows")
+_SUBPACKAGES = ("data", "deq", "fields", "io", "metrics", "networks", "pet", "phantoms", "solvers", "tomo", "transforms", "workflows")
 
 
 def __getattr__(name: str):

@@ -7,6 +7,13 @@ Before packaging, each bundle is checked, and refused with the reasons when it f
 - every ``configs/*.json`` / ``*.yaml`` parses with ``monai.bundle.ConfigParser``;
 - the required files exist (``configs/inference.json``, ``configs/logging.conf``, ``docs/README.md``, ``LICENSE``).
 
+Network checks (``--check-networks``, Model Zoo CI style), per bundle where they apply:
+- ``verify_net_in_out``: when ``inference.json`` defines ``network_def`` and the metadata describes a fixed
+  ``image`` input, the network is built and run on a random input of that shape, and its output checked;
+- ``ckpt_export``: when ``inference.json`` names the weights to export in ``export_ckpt``, the network is traced
+  to TorchScript (``models/model.ts`` in a temporary folder) and the export's output compared with the eager
+  network's on the same input.
+
 The zip holds the bundle folder (``<name>/configs``, ``docs``, ``models``, ``LICENSE``, ``scripts`` if any) and a
 ``models/model_info.json`` listing the SHA-256 and size of every file under ``models/`` (written into the
 archive only; the working tree is not modified). Archives are written atomically.
@@ -89,6 +96,59 @@ def check_bundle(bundle: Path, schema_path: Path) -> dict:
     return meta
 
 
+def _inference_config(bundle: Path) -> dict:
+    return json.loads((bundle / "configs" / "inference.json").read_text())
+
+
+def verify_network(bundle: Path) -> bool:
+    """``monai.bundle verify_net_in_out`` on ``network_def``; False when the bundle has no fixed-shape network."""
+    from monai.bundle import verify_net_in_out
+
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    if "network_def" not in _inference_config(bundle) or "image" not in meta["network_data_format"].get("inputs", {}):
+        return False
+    verify_net_in_out(
+        net_id="network_def", meta_file=str(bundle / "configs" / "metadata.json"),
+        config_file=str(bundle / "configs" / "inference.json"), device="cpu", bundle_root=str(bundle),
+    )
+    return True
+
+
+def export_network(bundle: Path, out_dir: Path, atol: float = 1e-5) -> Path | None:
+    """Trace ``network_def`` with the weights ``export_ckpt`` to TorchScript and check it reproduces the eager
+    network on a random input of the metadata's shape; returns the ``.ts`` path, None when not exportable."""
+    import torch
+    from monai.bundle import ConfigParser, ckpt_export
+
+    if "export_ckpt" not in _inference_config(bundle):
+        return None
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser.read_meta(str(bundle / "configs" / "metadata.json"))
+    parser["bundle_root"] = str(bundle)
+    parser["device"] = "$torch.device('cpu')"
+    image = parser.get("_meta_#network_data_format#inputs#image")
+    shape = [1, image["num_channels"], *image["spatial_shape"]]
+    ckpt = parser.get_parsed_content("export_ckpt")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    key = "model" if "model" in state else ""  # ignite's CheckpointSaver stores a lone object's state unwrapped
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{bundle.name}.ts"
+    ckpt_export(
+        net_id="network_def", filepath=str(target), ckpt_file=ckpt, meta_file=str(bundle / "configs" / "metadata.json"),
+        config_file=str(bundle / "configs" / "inference.json"), key_in_ckpt=key, use_trace=True, input_shape=shape,
+        bundle_root=str(bundle),
+    )
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(state[key] if key else state)
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, exported = net.eval()(x), torch.jit.load(str(target)).eval()(x)
+    if not torch.allclose(exported, expected, atol=atol, rtol=1e-4):
+        raise BundleCheckError(f"{bundle.name}: TorchScript export differs from the network by {float((exported - expected).abs().max()):.3g}")
+    return target
+
+
 def model_info(bundle: Path) -> dict:
     """SHA-256 and size of every file under ``models/``."""
     files = {}
@@ -126,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundles", nargs="*", help="bundle names (default: every folder under bundles/)")
     parser.add_argument("--out", default=str(ROOT / "dist"), help="output folder for the zips")
     parser.add_argument("--schema", default=str(DEFAULT_SCHEMA), help="MONAI metadata schema file (offline)")
+    parser.add_argument("--check-networks", action="store_true", help="also run verify_net_in_out and ckpt_export")
     args = parser.parse_args(argv)
     names = args.bundles or sorted(p.name for p in (ROOT / "bundles").iterdir() if p.is_dir())
     failed = 0
@@ -138,8 +199,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             path = package_bundle(bundle, Path(args.out), Path(args.schema))
             print(f"{name}: packaged -> {path}")
-        except BundleCheckError as err:
-            print(str(err), file=sys.stderr)
+            if args.check_networks:
+                verified = verify_network(bundle)
+                exported = export_network(bundle, Path(args.out) / "torchscript")
+                print(f"{name}: verify_net_in_out {'passed' if verified else 'n/a (no fixed-shape network)'}; "
+                      f"ckpt_export {f'-> {exported}' if exported else 'n/a (no export_ckpt)'}")
+        except Exception as err:  # a failed check of one bundle must not hide the others'
+            print(f"{name}: {type(err).__name__}: {err}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
 

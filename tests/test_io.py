@@ -33,6 +33,18 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["result.txt"]
 
 
+def test_atomic_write_gives_plain_file_permissions(tmp_path):
+    import os
+    import stat
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    with atomic_path(tmp_path / "atomic.txt") as tmp:
+        tmp.write_text("x")
+    mode = stat.S_IMODE(os.stat(tmp_path / "atomic.txt").st_mode)
+    assert mode == stat.S_IMODE(os.stat(plain).st_mode), oct(mode)  # not mkstemp's 0600
+
+
 def test_nifti_round_trip_keeps_axis_order_and_spacing(tmp_path):
     vol = np.random.default_rng(0).random((5, 6, 7)).astype(np.float32)
     path = save_nifti(vol, tmp_path / "v.nii.gz", spacing=(3.0, 2.0, 1.0))

@@ -77,3 +77,44 @@ def test_zip_round_trip_runs_inference(bundle, tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=1200)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert json.loads((out / "summary.json").read_text())["cases"]
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_network_in_out_matches_metadata(bundle):
+    """``verify_net_in_out`` for every bundle with a fixed-shape network (the CT bundle at least)."""
+    verified = package_bundles.verify_network(bundle)
+    if bundle.name == "ct_learned_reconstruction":
+        assert verified, "the CT bundle's network must be checked against its metadata"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_torchscript_export_reproduces_the_network(bundle, tmp_path):
+    """``ckpt_export`` (traced) of every bundle that names ``export_ckpt``; the export's output is compared inside."""
+    exported = package_bundles.export_network(bundle, tmp_path)
+    if bundle.name == "ct_learned_reconstruction":
+        assert exported is not None and exported.stat().st_size > 0
+    if exported is not None:
+        import torch
+
+        module = torch.jit.load(str(exported))
+        assert not any("PythonOp" in str(node.kind()) for node in module.inlined_graph.nodes()), "a Python op was traced"
+
+
+def test_export_refuses_a_network_that_differs(tmp_path, monkeypatch):
+    """The export check compares outputs: an export whose output is off is refused."""
+    import torch
+
+    load = torch.jit.load
+
+    class _Off(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, x):
+            return self.module(x) + 1e-3
+
+    monkeypatch.setattr(torch.jit, "load", lambda path: _Off(load(path)))
+    bundle = next(b for b in BUNDLES if b.name == "ct_learned_reconstruction")
+    with pytest.raises(package_bundles.BundleCheckError, match="differs"):
+        package_bundles.export_network(bundle, tmp_path)

@@ -82,7 +82,8 @@ def test_untrained_unrolled_network_is_landweber():
 def test_shared_unrolled_has_k_times_fewer_parameters():
     op = _parallel()
     shared, unshared = UnrolledProximalGradient(op, 10, shared=True), UnrolledProximalGradient(op, 10, shared=False)
-    assert _n_params(unshared) == 10 * _n_params(shared)
+    assert _n_params(unshared.proximals) == 10 * _n_params(shared.proximals)
+    assert shared.steps.numel() == unshared.steps.numel() == 10
 
 
 @pytest.mark.parametrize("make", [lambda op: LearnedPrimalDual(op, n_iter=1, features=4), lambda op: UnrolledProximalGradient(op, n_iter=1, features=4)])

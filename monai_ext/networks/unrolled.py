@@ -20,14 +20,14 @@ class UnrolledProximalGradient(nn.Module):
     ``z_k = x_{k-1} - gamma_k K^T (K x_{k-1} - g)`` (a gradient step on ``1/2 ||K x - g||^2``),
     ``x_k = z_k + D_k(z_k)`` (a residual CNN, the learned proximal step),
 
-    and the output is ``c x_K``. The step lengths ``gamma_k`` are learned (initialised to ``step``, the largest
-    stable fixed step for a normalised operator being 2). With ``shared=True`` one CNN and one step length serve
-    every iteration (``K``-fold fewer parameters); otherwise each iteration has its own.
+    and the output is ``c x_K``. The step lengths ``gamma_k`` are learned, one per iteration (initialised to
+    ``step``; the largest stable fixed step for a normalised operator is 2). With ``shared=True`` one CNN serves
+    every iteration (``K``-fold fewer CNN parameters); otherwise each iteration has its own.
 
     Args:
         operator: linear operator ``A`` with ``forward``/``adjoint``.
         n_iter: unrolled iterations.
-        shared: share the CNN and the step length across iterations.
+        shared: share the CNN across iterations.
         features: hidden channels of each CNN.
         n_layers: convolutions per CNN.
         step: initial step length ``gamma``.
@@ -77,7 +77,7 @@ class UnrolledProximalGradient(nn.Module):
         self.image_scale, self.shared, self._n_iter = float(image_scale), bool(shared), int(n_iter)
         n_blocks = 1 if self.shared else self._n_iter
         self.proximals = nn.ModuleList(ConvBlock(dims, 1, 1, features, n_layers, zero_last=zero_init) for _ in range(n_blocks))
-        self.steps = nn.Parameter(torch.full((n_blocks,), float(step)))
+        self.steps = nn.Parameter(torch.full((self._n_iter,), float(step)))
 
     @property
     def n_iter(self) -> int:
@@ -90,8 +90,7 @@ class UnrolledProximalGradient(nn.Module):
         backprojection = self.operator.adjoint(g)
         x = torch.zeros_like(backprojection)
         for k in range(self._n_iter):
-            i = 0 if self.shared else k
             # K^T (K x - g) = K^T K x - K^T g, with K^T g computed once
-            z = x - self.steps[i] * (self.operator.adjoint(self.operator(x)) - backprojection)
-            x = z + self.proximals[i](z)
+            z = x - self.steps[k] * (self.operator.adjoint(self.operator(x)) - backprojection)
+            x = z + self.proximals[0 if self.shared else k](z)
         return x * self.image_scale

@@ -107,11 +107,15 @@ class RayProjector(torch.nn.Module):
     # -- public API ----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Line integrals ``A x`` of images ``x`` ``(B, C, *image_shape)``."""
+        if torch.jit.is_tracing():  # TorchScript export: a Python autograd op cannot be saved, tensor ops can
+            return self._traced_apply(x, adjoint=False)
         self._check("x", x, self.image_shape)
         return _Project.apply(x, self)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """Exact transpose ``A^T y`` of projections ``y`` ``(B, C, n_angles, *detector_shape)``."""
+        if torch.jit.is_tracing():
+            return self._traced_apply(y, adjoint=True)
         self._check("y", y, self.projection_shape)
         return _Backproject.apply(y, self)
 
@@ -162,6 +166,29 @@ class RayProjector(torch.nn.Module):
         else:
             out = self._torch_adjoint(flat)
         return out.reshape(b, c, *self.image_shape)
+
+    def _traced_apply(self, t: torch.Tensor, adjoint: bool) -> torch.Tensor:
+        """``A t`` or ``A^T t`` as a gather and an ``index_add`` over the stored Joseph matrix (2D), so that
+        ``torch.jit.trace`` records plain tensor ops with the matrix as constants (used by ``ckpt_export``)."""
+        from .sparse_projector import joseph_matrix  # imports this module
+
+        if getattr(self, "_traced_matrix", None) is None:
+            state = torch._C._get_tracing_state()
+            torch._C._set_tracing_state(None)  # build the matrix untraced: the graph must only hold the products
+            try:
+                matrix = joseph_matrix(self.geom)  # NotImplementedError for cone beam: no export of 3D networks
+                self._traced_matrix = tuple(t.clone().contiguous() for t in (*matrix.indices(), matrix.values()))
+            finally:
+                torch._C._set_tracing_state(state)
+        rows, cols, values = self._traced_matrix
+        rows, cols, values = rows.to(t.device), cols.to(t.device), values.to(t.device, t.dtype)
+        b, c = t.shape[:2]
+        flat = t.reshape(b * c, -1)
+        if adjoint:
+            out = flat.new_zeros(b * c, math.prod(self.image_shape)).index_add_(1, cols, flat[:, rows] * values)
+            return out.reshape(b, c, *self.image_shape)
+        out = flat.new_zeros(b * c, math.prod(self.projection_shape)).index_add_(1, rows, flat[:, cols] * values)
+        return out.reshape(b, c, *self.projection_shape)
 
     def _chunks(self, device: torch.device, dtype: torch.dtype):
         """Yield ``(ray_slice, grid, weights)`` for the torch path, cached per device and dtype."""
