@@ -71,7 +71,8 @@ def test_zip_round_trip_runs_inference(bundle, tmp_path):
     parser = ConfigParser()
     parser.read_config(str(root / "configs" / "inference.json"))
     parser["bundle_root"] = str(root)
-    assert parser.get_parsed_content("network_def") is not None  # monai.bundle load of the network definition
+    if "network_def" in parser.config:  # per-volume fits (PSMA deblurring) build their networks per case
+        assert parser.get_parsed_content("network_def") is not None  # monai.bundle load of the network definition
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(root / "configs/inference.json"), "--bundle_root", str(root), "--output_dir", str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=1200)
