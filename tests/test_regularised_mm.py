@@ -107,6 +107,16 @@ def test_fixed_point_satisfies_kkt_and_anderson_needs_fewer_iterations(problem):
     assert float(dynamic_pet_objective(x, y, model, ETA, LAMBDA)) <= float(dynamic_pet_objective(picard, y, model, ETA, LAMBDA)) + 1e-6
 
 
+def test_restarts_continue_a_solve_that_ran_out_of_iterations(problem):
+    exam, model, y = problem
+    _, short = mm_reconstruct(y, model, ETA, LAMBDA, solver="anderson", tol=1e-5, max_iter=30)
+    x, restarted = mm_reconstruct(y, model, ETA, LAMBDA, solver="anderson", tol=1e-5, max_iter=30, restarts=20)
+    assert not short.converged and restarted.converged
+    assert restarted.nstep > 30  # the total over the solves
+    reference, _ = mm_reconstruct(y, model, ETA, LAMBDA, solver="anderson", tol=1e-5, max_iter=3000)
+    assert float((x - reference).norm() / reference.norm()) < 1e-2
+
+
 def test_objective_gradient_matches_finite_differences(problem):
     exam, model, y = problem
     x = uniform_initial_image(y, model) * (1 + 0.1 * torch.rand(1, exam.schedule.n_frames, 32, 32, dtype=torch.float64))

@@ -39,6 +39,7 @@ class DoseAdaptiveReconstruction(torch.nn.Module):
         tol: relative-residual tolerance of the fixed point.
         max_iter: MM iteration budget.
         projector: ``"sparse_matrix"`` (stored Joseph matrix) or ``"ray"`` (ray-driven kernels).
+        restarts: fresh solves from the last iterate while ``tol`` is not reached (see ``mm_reconstruct``).
 
     Raises:
         FileNotFoundError: no dose model at ``dose_model_file``.
@@ -60,6 +61,7 @@ class DoseAdaptiveReconstruction(torch.nn.Module):
         tol: float = 1e-5,
         max_iter: int = 500,
         projector: str = "sparse_matrix",
+        restarts: int = 5,
     ) -> None:
         super().__init__()
         self.dose_model = DoseModel.load(dose_model_file)
@@ -74,7 +76,7 @@ class DoseAdaptiveReconstruction(torch.nn.Module):
             raise ValueError(f"projector must be 'sparse_matrix' or 'ray', got {projector!r}.")
         self.geometry, self.psf_fwhm = geometry, float(psf_fwhm)
         self.eps = float(setting.get("eps", 0.1) if eps is None else eps)
-        self.solver, self.tol, self.max_iter = solver, float(tol), int(max_iter)
+        self.solver, self.tol, self.max_iter, self.restarts = solver, float(tol), int(max_iter), int(restarts)
         self.projector = SparseMatrixProjector(geometry) if projector == "sparse_matrix" else None
         self.last_info = None
         self.last_hyperparameters: list[dict] = []
@@ -160,7 +162,7 @@ class DoseAdaptiveReconstruction(torch.nn.Module):
             *(t.to(device=counts.device, dtype=dtype) for t in (attenuation_factors, normalisation, background, frame_durations, sensitivity))
         )
         x, info = mm_reconstruct(counts, model, eta.to(counts), lambdas.to(counts), self.eps, solver=self.solver, tol=self.tol,
-                                 max_iter=self.max_iter)
+                                 max_iter=self.max_iter, restarts=self.restarts)
         self.last_info = info
         self.last_hyperparameters = [{"eta": float(e), "lambdas": [float(v) for v in lam]} for e, lam in zip(eta, lambdas)]
         return x

@@ -66,6 +66,8 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..deq import SolverInfo, fixed_point_solve
@@ -332,6 +334,7 @@ def mm_reconstruct(
     x0: torch.Tensor | None = None,
     floor: float = DEFAULT_FLOOR,
     solver_kwargs: dict | None = None,
+    restarts: int = 0,
 ) -> tuple[torch.Tensor, SolverInfo]:
     """Solve the regularised problem for a batch of dynamic exams: the fixed point of the MM map.
 
@@ -348,6 +351,9 @@ def mm_reconstruct(
         x0: positive start; default :func:`uniform_initial_image`.
         floor: see :class:`RegularisedMMMap`.
         solver_kwargs: options of the solver; default :data:`ANDERSON_OPTIONS` for Anderson.
+        restarts: solve again from the last iterate, with a fresh solver state, up to this many times while ``tol`` is
+            not reached (damped Anderson can stall on this map at a relative residual ~1e-3, far from the fixed
+            point); ``info`` is then the last solve's, its ``nstep`` the total.
 
     Returns:
         ``(x, info)``: the reconstruction ``max(z, floor)`` mapped once more (so it is an MM iterate, non-negative)
@@ -367,5 +373,14 @@ def mm_reconstruct(
             lambda z: mm(z, counts, sens, eta, lambdas), start, solver=solver, tol=tol, max_iter=max_iter,
             warn=False, **solver_kwargs,
         )
-        return mm(z, counts, sens, eta, lambdas), info
+        steps = info.nstep
+        for _ in range(int(restarts)):
+            if info.converged:
+                break
+            z, info = fixed_point_solve(
+                lambda z: mm(z, counts, sens, eta, lambdas), z, solver=solver, tol=tol, max_iter=max_iter,
+                warn=False, **solver_kwargs,
+            )
+            steps += info.nstep
+        return mm(z, counts, sens, eta, lambdas), dataclasses.replace(info, nstep=steps)
 

@@ -45,6 +45,7 @@ __all__ = [
     "compare_estimators",
     "compare_cases",
     "summarise_comparison",
+    "rescore_comparison",
     "compare_solvers",
     "dose_sweep",
     "comparison_table",
@@ -72,6 +73,8 @@ class SolverSettings:
         backward_tol: implicit-gradient solve tolerance.
         backward_max_iter: implicit-gradient solve budget.
         dtype: ``"float32"`` or ``"float64"``.
+        validation_restarts: fresh Anderson solves from the last iterate while a validation solve (uniform start)
+            misses ``tol`` (see ``FixedPointProblem.reconstruct``).
     """
 
     eps: float = 0.1
@@ -83,6 +86,7 @@ class SolverSettings:
     backward_tol: float = 5e-3
     backward_max_iter: int = 50
     dtype: str = "float32"
+    validation_restarts: int = 5
 
     def solver_kwargs(self) -> dict:
         """Options of the fixed-point solver."""
@@ -186,9 +190,9 @@ def _simulate(simulator, dose, subject_seed, learning: LearningSettings) -> Nois
     )
 
 
-def _validate(problem: FixedPointProblem, val_idx, result: SearchResult, batch_size: int) -> SearchResult:
+def _validate(problem: FixedPointProblem, val_idx, result: SearchResult, batch_size: int, restarts: int) -> SearchResult:
     """Validation MSE from the uniform start (the same for every method)."""
-    result.val_mse = problem.mse(val_idx, result.eta, result.lambdas, batch_size, warm_start=False)
+    result.val_mse = problem.mse(val_idx, result.eta, result.lambdas, batch_size, warm_start=False, restarts=restarts)
     return result
 
 
@@ -226,13 +230,14 @@ def learn_case(
     data = data if data is not None else _simulate(simulator, dose, subject_seed, learning)
     train_idx, val_idx = data.split(learning.n_train)
     problem = solver.problem(data, device)
-    initial = problem.mse(val_idx, learning.eta_init, learning.lambda_init, learning.batch_size, warm_start=False)
+    initial = problem.mse(val_idx, learning.eta_init, learning.lambda_init, learning.batch_size, warm_start=False,
+                          restarts=solver.validation_restarts)
     weights = RegularisationWeights(data.n_frames, learning.eta_init, learning.lambda_init, per_frame=True)
     result = learn_hyperparameters_deq(
         problem, train_idx, weights, epochs=learning.epochs, batch_size=learning.batch_size, lr=learning.lr,
         lr_final=learning.lr_final, seed=learning.seed, log=logger.info,
     )
-    _validate(problem, val_idx, result, learning.batch_size)
+    _validate(problem, val_idx, result, learning.batch_size, solver.validation_restarts)
     snr = frame_snr(data)
     out = {
         "subject_seed": int(subject_seed),
@@ -314,7 +319,8 @@ def compare_estimators(
            "batch_size": learning.batch_size, "trial_realisations": learning.search_realisations, "log": logger.info}
     for search, kwargs in ((grid_search, {}), (tpe_search, {"seed": learning.seed, "n_startup_trials": learning.tpe_startup_trials})):
         problem = solver.problem(data, device)
-        result = _validate(problem, val_idx, search(problem, train_idx, **box, **kwargs), learning.batch_size)
+        result = _validate(problem, val_idx, search(problem, train_idx, **box, **kwargs), learning.batch_size,
+                           solver.validation_restarts)
         rows.append({"method": result.method, "n_parameters": 2, "val_mse": result.val_mse, "train_mse": result.train_mse,
                      "seconds": result.seconds, "wall_seconds": result.wall_seconds, "n_evaluations": result.n_evaluations,
                      "eta": result.eta,
@@ -324,7 +330,8 @@ def compare_estimators(
     recons = {}
     with torch.no_grad():
         for row in rows:
-            recons[row["method"]] = problem.reconstruct(val_idx[:1], row["eta"], row["lambdas"], warm_start=False)[0].cpu()
+            recons[row["method"]] = problem.reconstruct(val_idx[:1], row["eta"], row["lambdas"], warm_start=False,
+                                                        restarts=solver.validation_restarts)[0].cpu()
     solvers = compare_solvers(data, deq["eta"], deq["lambdas"], val_idx[:1], solver, device)
     out = {
         "name": name,
@@ -350,6 +357,60 @@ def compare_estimators(
         save_json(out, Path(output_dir) / f"{name}.json")
         save_error_maps(data.reference, recons, figure_frames, Path(output_dir) / f"{name}_errors.png",
                         title=f"subject {subject_seed}, D = {dose / 1e6:g} M counts, validation realisation")
+    return out
+
+
+def rescore_comparison(
+    simulator: DynamicPETSimulator,
+    result: dict,
+    *,
+    solver: SolverSettings | dict | None = None,
+    device: str | torch.device = "cpu",
+    output_dir: str | None = None,
+    figure_frames: Sequence[int] = (1, 19),
+) -> dict:
+    """Validation MSEs (and the error figure) of a saved :func:`compare_estimators` result again, with ``solver``
+    (default: the saved settings with :class:`SolverSettings`' default ``validation_restarts``), on the same
+    simulated realisations; the learned weights are kept. Each row's previous score is kept as
+    ``val_mse_previous``. Writes ``<name>.json`` and ``<name>_errors.png`` into ``output_dir``.
+
+    For results computed before validation solves restarted a stalled Anderson solve: such a stall is scored as the
+    MSE of an iterate far from the fixed point.
+
+    Raises:
+        ValueError: ``simulator`` (or ``solver``'s ``eps``) is not the setting ``result`` was computed in.
+    """
+    learning = _settings(LearningSettings, result["learning"])
+    solver = _settings(SolverSettings, solver if solver is not None else
+                       {k: v for k, v in result["solver"].items() if k != "validation_restarts"})
+    setting = simulation_setting(simulator, solver, learning.slice_fraction)
+    if setting != result["setting"]:
+        raise ValueError(f"the result was computed in the setting {result['setting']}, not in {setting}.")
+    data = _simulate(simulator, result["dose"], result["subject_seed"], learning)
+    _, val_idx = data.split(learning.n_train)
+    out = {**result, "rows": [dict(row) for row in result["rows"]], "solver": dataclasses.asdict(solver)}
+    problem = solver.problem(data, device)
+    recons, converged = {}, {}
+    with torch.no_grad():
+        out["initial_val_mse_previous"] = result["initial_val_mse"]
+        out["initial_val_mse"] = problem.mse(val_idx, learning.eta_init, learning.lambda_init, learning.batch_size,
+                                             warm_start=False, restarts=solver.validation_restarts)
+        for row in out["rows"]:
+            row["val_mse_previous"] = row["val_mse"]
+            row["val_mse"] = problem.mse(val_idx, row["eta"], row["lambdas"], learning.batch_size, warm_start=False,
+                                         restarts=solver.validation_restarts)
+            converged[row["method"]] = {"converged": bool(problem.last_info.converged),
+                                        "rel_residual": float(problem.last_info.rel_residual),
+                                        "mm_steps": int(problem.forward_steps[-1])}
+            recons[row["method"]] = problem.reconstruct(val_idx[:1], row["eta"], row["lambdas"], warm_start=False,
+                                                        restarts=solver.validation_restarts)[0].cpu()
+    out["validation_solves"] = converged
+    logger.info(f"{result['name']} rescored: " + ", ".join(
+        f"{r['method']} {r['val_mse_previous']:.5f} -> {r['val_mse']:.5f}" for r in out["rows"]))
+    if output_dir is not None:
+        save_json(out, Path(output_dir) / f"{result['name']}.json")
+        save_error_maps(data.reference, recons, figure_frames, Path(output_dir) / f"{result['name']}_errors.png",
+                        title=f"subject {result['subject_seed']}, D = {result['dose'] / 1e6:g} M counts, validation realisation")
     return out
 
 
