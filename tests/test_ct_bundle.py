@@ -147,5 +147,7 @@ def test_train_config_runs_a_short_training_that_inference_loads(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "unrolled_shared.pt").is_file()
     parser = _parser(method="unrolled_shared", weights_dir=str(tmp_path))
-    networks = parser.get_parsed_content("networks")
-    load_method_weights(networks, ["unrolled_shared"], str(tmp_path))
+    network = parser.get_parsed_content("networks#unrolled_shared")
+    load_method_weights({"unrolled_shared": network}, ["unrolled_shared"], str(tmp_path))
+    with torch.no_grad():
+        assert torch.isfinite(network(torch.zeros(1, 1, 5, 64))).all()
