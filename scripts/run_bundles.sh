@@ -17,7 +17,8 @@ for bundle in bundles/*/; do
 import json, sys
 path, name, secs = sys.argv[1], sys.argv[2], sys.argv[3]
 s = json.load(open(path))
-score = f"PSNR {s['mean_psnr_db']:.2f} dB, SSIM {s['mean_ssim']:.3f}" if "mean_psnr_db" in s else "no reference"
+parts = [f"PSNR {s['mean_psnr_db']:.2f} dB" if "mean_psnr_db" in s else "", f"SSIM {s['mean_ssim']:.3f}" if "mean_ssim" in s else ""]
+score = ", ".join(p for p in parts if p) or "no reference"
 print(f"{name}: OK  {s['method']} on {len(s['cases'])} case(s), {score}, {secs} s -> {path.rsplit('/', 1)[0]}")
 PY
     else
