@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bundle_config import bundle_parser
 
 from monai_ext.data import cbct_geometry, cbct_scans
 from monai_ext.io import save_projections
@@ -105,15 +106,7 @@ def test_one_lpd_serves_2d_and_3d_operators(tiny):
 
 
 def _parser(config: str = "inference.json", **overrides):
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / config))
-    parser["bundle_root"] = str(BUNDLE)
-    parser["device"] = "$torch.device('cpu')"
-    for key, value in overrides.items():
-        parser[key] = value
-    return parser
+    return bundle_parser(BUNDLE, config, **overrides)
 
 
 @pytest.fixture(scope="module")

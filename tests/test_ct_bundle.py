@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from bundle_config import bundle_parser
 
 from monai_ext.data import ellipse_ct_scans, real_ct_scans
 from monai_ext.workflows import evaluate_methods, load_method_weights
@@ -28,15 +29,7 @@ torch.set_num_threads(2)
 
 
 def _parser(config: str = "inference.json", **overrides):
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / config))
-    parser["bundle_root"] = str(BUNDLE)
-    parser["device"] = "$torch.device('cpu')"
-    for key, value in overrides.items():
-        parser[key] = value
-    return parser
+    return bundle_parser(BUNDLE, config, **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from monai_ext.io import atomic_path, save_json
+from monai_ext.io import atomic_path, save_figure, save_json
 from monai_ext.metrics import psnr, ssim
 
 __all__ = ["PUBLISHED_CBCT_TABLE", "evaluate_cbct_methods", "cbct_markdown_table", "compare_cbct_methods"]
@@ -133,9 +133,7 @@ def _save_slices(references: torch.Tensor, first: Mapping[str, torch.Tensor], pa
         ax.set_title(title, fontsize=8)
         ax.axis("off")
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def compare_cbct_methods(

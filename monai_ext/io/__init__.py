@@ -10,6 +10,7 @@ from .files import (
     load_projections,
     save_json,
     save_nifti,
+    save_figure,
     save_png,
     save_projections,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "atomic_path",
     "save_nifti",
     "load_nifti",
+    "save_figure",
     "save_png",
     "save_json",
     "geometry_to_dict",

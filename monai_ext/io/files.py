@@ -26,6 +26,7 @@ __all__ = [
     "save_nifti",
     "load_nifti",
     "save_png",
+    "save_figure",
     "save_json",
     "geometry_to_dict",
     "geometry_from_dict",
@@ -136,6 +137,16 @@ def load_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(np.transpose(data, tuple(range(data.ndim - 1, -1, -1)))), img.affine
 
 
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110, **savefig_kwargs) -> Path:
+    """Write a matplotlib figure as PNG, atomically, and close it; returns the path."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png", **savefig_kwargs)
+    plt.close(fig)
+    return Path(path)
+
+
 def save_png(image, path: str | os.PathLike, title: str | None = None, cmap: str = "gray", vmin=None, vmax=None) -> Path:
     """Write a 2D image, or a list of ``(title, image)`` panels side by side, as PNG, atomically."""
     import matplotlib
@@ -152,10 +163,7 @@ def save_png(image, path: str | os.PathLike, title: str | None = None, cmap: str
         ax.axis("off")
         fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi=100)
 
 
 def save_json(obj, path: str | os.PathLike) -> Path:

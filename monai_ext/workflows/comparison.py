@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from monai_ext.io import atomic_path, save_json
+from monai_ext.io import atomic_path, save_figure, save_json
 from monai_ext.metrics import psnr, ssim
 
 from .methods import count_parameters
@@ -108,9 +108,7 @@ def _save_examples(references: torch.Tensor, kept: Mapping[str, torch.Tensor], n
             ax.axis("off")
         axes[row, 0].set_title(f"{names[row]}", fontsize=7)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def compare_methods(
@@ -156,10 +154,16 @@ def compare_methods(
         "results": results,
         "markdown": table,
     }
+    return write_comparison(summary, out)
+
+
+def write_comparison(summary: dict, output_dir: str | Path) -> dict:
+    """Write ``summary`` as ``comparison.json`` and its ``markdown`` table as ``comparison.md``; log the table."""
+    out = Path(output_dir)
     save_json(summary, out / "comparison.json")
     with atomic_path(out / "comparison.md", suffix=".md") as tmp:
-        tmp.write_text(table)
-    _logger.info("method comparison (%s):\n%s", summary["hardware"], table)
+        tmp.write_text(summary["markdown"])
+    _logger.info("method comparison (%s):\n%s", summary["hardware"], summary["markdown"])
     return summary
 
 
@@ -251,7 +255,5 @@ def plot_noise_robustness(study: Mapping, path: str, title: str = "PSNR vs test 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="best")
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
     return Path(path)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from monai_ext.io import atomic_path, save_json
+from monai_ext.io import atomic_path, save_figure, save_json
 from monai_ext.pet import DynamicPETSimulator
 from monai_ext.pet.dose_model import DoseModel
 from monai_ext.pet.hyperparameter_learning import (
@@ -494,15 +494,6 @@ def comparison_table(results: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def _figure(path: Path, fig) -> Path:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
 def save_lambda_profiles(results: Sequence[dict], path: str | Path) -> Path:
     """The learned ``lambda_t`` of each case against the frame index, with the frame SNR on a second axis, and the
     scalar ``lambda`` of grid search and TPE for reference."""
@@ -526,7 +517,7 @@ def save_lambda_profiles(results: Sequence[dict], path: str | Path) -> Path:
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _figure(Path(path), fig)
+    return save_figure(fig, path, bbox_inches="tight")
 
 
 def save_error_maps(reference: torch.Tensor, recons: dict, frames: Sequence[int], path: str | Path, title: str = "") -> Path:
@@ -556,7 +547,7 @@ def save_error_maps(reference: torch.Tensor, recons: dict, frames: Sequence[int]
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _figure(Path(path), fig)
+    return save_figure(fig, path, bbox_inches="tight")
 
 
 def dose_sweep(
@@ -619,7 +610,7 @@ def save_dose_fits(model: DoseModel, output_dir: str | Path) -> list[Path]:
     ax.set_ylabel(r"$\eta_D$")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    paths.append(_figure(Path(output_dir) / "eta_dose_fits.png", fig))
+    paths.append(save_figure(fig, Path(output_dir) / "eta_dose_fits.png", bbox_inches="tight"))
 
     lam = np.asarray(model.learned["lambdas"])
     frames = sorted({0, 4, 9, 14, lam.shape[1] - 1} & set(range(lam.shape[1])))
@@ -633,6 +624,6 @@ def save_dose_fits(model: DoseModel, output_dir: str | Path) -> list[Path]:
     ax.set_yscale("log")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    paths.append(_figure(Path(output_dir) / "lambda_dose_fits.png", fig))
+    paths.append(save_figure(fig, Path(output_dir) / "lambda_dose_fits.png", bbox_inches="tight"))
     return paths
 

@@ -21,7 +21,7 @@ import torch
 from monai.engines.utils import PrepareBatch
 from monai.transforms import MapTransform
 
-from monai_ext.io import atomic_path, save_json, save_nifti
+from monai_ext.io import save_figure, save_json, save_nifti
 from monai_ext.pet import DynamicPETSimulator, load_exam
 from monai_ext.pet.noise_realisations import DEFAULT_SLICE_FRACTION
 
@@ -190,9 +190,7 @@ def save_frame_montage(series, path: str | Path, titles: list[str] | None = None
     fig.colorbar(shown, ax=axes, fraction=0.02, pad=0.01)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
     return Path(path)
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from monai_ext.io import atomic_path, save_json
+from monai_ext.io import save_figure
 from monai_ext.metrics import psnr, ssim
 
-from .comparison import _hardware, reconstruct_all
+from .comparison import _hardware, reconstruct_all, write_comparison
 from .memory import measure_peak_memory
 from .methods import count_parameters
 from .reconstruction import orthogonal_slices
@@ -94,9 +94,7 @@ def _save_examples(reference: torch.Tensor, kept: Mapping[str, torch.Tensor], na
         ax.axis("off")
     fig.suptitle(f"{name}: axial | coronal | sagittal", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def compare_volume_methods(
@@ -146,8 +144,4 @@ def compare_volume_methods(
         "results": results,
         "markdown": table,
     }
-    save_json(summary, out / "comparison.json")
-    with atomic_path(out / "comparison.md", suffix=".md") as tmp:
-        tmp.write_text(table)
-    _logger.info("method comparison (%s):\n%s", summary["hardware"], table)
-    return summary
+    return write_comparison(summary, out)
