@@ -200,3 +200,8 @@ def test_torchrun_two_ranks_train_a_step_and_hold_identical_weights(tmp_path):
         torch.testing.assert_close(rank0[key], rank1[key], rtol=0, atol=0)
     # each rank ran one optimiser step on its half of the two training volumes
     assert result.stdout.count("trainer iterations: 1") == 2, result.stdout[-2000:]
+
+    # warm start (init_checkpoint) under DDP: both ranks restore the saved weights into the wrapped module
+    warm = subprocess.run(cmd + ["--init_checkpoint", f"{weights}_0.pt"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=240)
+    assert warm.returncode == 0, warm.stdout[-3000:] + warm.stderr[-3000:]
+    assert (warm.stdout + warm.stderr).count(f"Restored all variables from {weights}_0.pt") == 2, warm.stderr[-3000:]
