@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..distributed import average_gradients, broadcast_parameters, rank_and_world_size, shard
 from .fields import ModulatedAttenuationField, ModulatedScan, VoxelField
 from .rendering import ConeBeamRays, render_line_integrals
 
@@ -156,19 +157,38 @@ def train_conditioned_field(
         lr: backbone learning rate.
         modulation_lr: learning rate of the modulation grids.
 
+    Under ``torch.distributed`` (a process group is initialised) the training is data parallel: rank ``r`` of ``W``
+    owns the scans ``r::W`` and their modulation grids only, draws ``scans_per_step`` of them per step (a per-rank
+    batch, as a per-GPU batch size: ``W * scans_per_step`` scans per step in all) with ray seed ``seed + r``, and
+    the backbone's gradients are averaged across ranks after each backward pass
+    (:func:`monai_ext.distributed.average_gradients`, weighted by the scans drawn), after rank 0's initial backbone
+    is broadcast, so that the backbone stays identical on every rank. The loss trace is the mean over all ranks'
+    scans; the tqdm bar shows on rank 0 only. Without a process group this is the single-process training.
+
     Returns:
-        ``(modulations, info)``: the training scans' grids ``(n_scans, C, R, R, R)`` and the loss trace.
+        ``(modulations, info)``: the grids ``(n, C, R, R, R)`` of this rank's scans (all ``n_scans`` of them in a
+        single process) and the loss trace; ``info["scan_indices"]`` lists which scans the grids belong to.
+
+    Raises:
+        ValueError: projections not ``(n_scans, 1, views, rows, cols)`` of the rays' geometry, non-positive schedule
+            values, fewer scans than ranks.
     """
     _check_schedule(n_steps, rays_per_step, n_samples, lr, final_lr_fraction)
     if projections.ndim != 5 or projections.shape[1] != 1:
         raise ValueError(f"projections must be (n_scans, 1, n_views, rows, cols), got {tuple(projections.shape)}.")
-    targets = [_check_projections(p[None], rays, f"projections[{i}]") for i, p in enumerate(projections)]
+    rank, world = rank_and_world_size()
+    owned = shard(range(projections.shape[0]))
+    if not owned:
+        raise ValueError(f"{projections.shape[0]} training scans cannot be shared among {world} ranks: each needs one at least.")
+    targets = [_check_projections(projections[i][None], rays, f"projections[{i}]") for i in owned]
     n_scans = len(targets)
     per_step = min(int(scans_per_step), n_scans)
     if per_step < 1:
         raise ValueError(f"scans_per_step must be at least 1, got {scans_per_step}.")
     modulations = torch.nn.Parameter(backbone.new_modulation(n_scans))
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(int(seed) + rank)
+    shared = [p for p in backbone.parameters() if p.requires_grad]
+    broadcast_parameters(shared)
     backbone.train()
 
     def step_loss() -> torch.Tensor:
@@ -179,16 +199,26 @@ def train_conditioned_field(
             losses.append(_ray_loss(field, rays, targets[i], rays_per_step, n_samples, gen))
         return torch.stack(losses).mean()
 
-    optimiser_groups = [
-        {"params": [p for p in backbone.parameters() if p.requires_grad], "lr": lr},
-        {"params": [modulations], "lr": modulation_lr},
-    ]
-    info = _optimise(optimiser_groups, step_loss, n_steps, final_lr_fraction, progress, "backbone training")
+    optimiser_groups = [{"params": shared, "lr": lr}, {"params": [modulations], "lr": modulation_lr}]
+    synchronise = None if world == 1 else lambda loss: average_gradients(shared, per_step, [loss])[0]
+    info = _optimise(optimiser_groups, step_loss, n_steps, final_lr_fraction, progress and rank == 0, "backbone training", synchronise)
+    info["scan_indices"] = owned
     return modulations.detach(), info
 
 
-def _optimise(groups: list[dict], step_loss: Callable[[], torch.Tensor], n_steps: int, final_lr_fraction: float, progress: bool, description: str) -> dict:
-    """Adam on parameter groups (each with its ``lr``), exponential decay to ``final_lr_fraction``, tqdm bar of the loss."""
+def _optimise(
+    groups: list[dict],
+    step_loss: Callable[[], torch.Tensor],
+    n_steps: int,
+    final_lr_fraction: float,
+    progress: bool,
+    description: str,
+    after_backward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict:
+    """Adam on parameter groups (each with its ``lr``), exponential decay to ``final_lr_fraction``, tqdm bar of the loss.
+
+    ``after_backward(loss)`` runs between the backward pass and the step (e.g. to average gradients across ranks)
+    and returns the loss to record."""
     optimiser = torch.optim.Adam(groups)
     decay = final_lr_fraction ** (1.0 / max(1, n_steps - 1))
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimiser, decay)
@@ -198,6 +228,8 @@ def _optimise(groups: list[dict], step_loss: Callable[[], torch.Tensor], n_steps
         optimiser.zero_grad(set_to_none=True)
         loss = step_loss()
         loss.backward()
+        if after_backward is not None:
+            loss = after_backward(loss.detach())
         optimiser.step()
         scheduler.step()
         trace.append(float(loss.detach()))

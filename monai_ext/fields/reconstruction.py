@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from monai_ext.distributed import barrier, is_main_process, rank_and_world_size
 from monai_ext.io import atomic_path, save_json
 from monai_ext.tomo.geometry import ConeBeamGeometry
 
@@ -61,11 +62,16 @@ def train_backbone(
     train_args: dict | None = None,
     device=None,
     progress: bool = True,
+    backbone: ModulatedAttenuationField | None = None,
 ) -> dict:
     """Train a conditioned-field backbone on the scans ``projections`` of ``geometry`` and save it.
 
     Writes ``output_file`` (:func:`save_backbone`) and ``<output_file stem>_training.json`` (settings, seconds,
     loss trace every 10 steps).
+
+    Under ``torch.distributed`` the training is data parallel (see :func:`train_conditioned_field`: each rank owns a
+    share of the scans, the backbone's gradients are averaged every step); rank 0 alone writes the files and shows
+    the progress bar, and every rank returns once they are written.
 
     Args:
         geometry: the scans' geometry (its box is the backbone's).
@@ -75,17 +81,30 @@ def train_backbone(
         train_args: :func:`train_conditioned_field` keyword arguments.
         device: where to train.
         progress: tqdm bar with the data loss.
+        backbone: a backbone to train further in place (e.g. a trained one, to fine-tune it); ``backbone_args`` must
+            then be ``None``.
 
     Returns:
         the training record written to the JSON file.
+
+    Raises:
+        ValueError: both ``backbone`` and ``backbone_args``, or a backbone of another box than the geometry's.
     """
     device = torch.device(device or "cpu")
-    backbone = ModulatedAttenuationField(box_half_widths(geometry.image_shape, geometry.pixel_size), **dict(backbone_args or {})).to(device)
+    box = box_half_widths(geometry.image_shape, geometry.pixel_size)
+    if backbone is None:
+        backbone = ModulatedAttenuationField(box, **dict(backbone_args or {}))
+    elif backbone_args is not None:
+        raise ValueError("give either backbone_args (a new backbone) or backbone (one to train further), not both.")
+    elif any(abs(a - b) > 1e-6 for a, b in zip(backbone.config["half_widths"], box)):
+        raise ValueError(f"the backbone's box has half-widths {backbone.config['half_widths']} mm, the geometry's is {list(box)}.")
+    backbone = backbone.to(device)
     rays = ConeBeamRays(geometry, device=device)
     args = dict(train_args or {})
     _, info = train_conditioned_field(backbone, projections.to(device), rays, progress=progress, **args)
     record = {
         "n_scans": int(projections.shape[0]),
+        "world_size": rank_and_world_size()[1],
         "projection_shape": list(projections.shape[2:]),
         "backbone": backbone.config,
         "training": args,
@@ -95,8 +114,10 @@ def train_backbone(
         "loss_every_10_steps": [round(v, 6) for v in info["loss_trace"][::10]],
         "backbone_parameters_mib": round(parameter_mebibytes(backbone), 4),
     }
-    save_backbone(backbone.cpu(), output_file, {"seconds": record["seconds"], "n_scans": record["n_scans"]})
-    save_json(record, Path(output_file).with_name(Path(output_file).stem + "_training.json"))
+    if is_main_process():
+        save_backbone(backbone.cpu(), output_file, {"seconds": record["seconds"], "n_scans": record["n_scans"]})
+        save_json(record, Path(output_file).with_name(Path(output_file).stem + "_training.json"))
+    barrier()
     return record
 
 

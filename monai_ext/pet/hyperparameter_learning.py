@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from ..deq import DEQ
+from ..distributed import average_gradients, gather_shards, is_main_process, rank_and_world_size, shard
 from .noise_realisations import NoiseRealisations
 from .regularised_mm import ANDERSON_OPTIONS, RegularisedMMMap, uniform_initial_image
 
@@ -294,6 +295,15 @@ def learn_hyperparameters_deq(
     The learning rate decays exponentially from ``lr`` to ``lr_final`` over the epochs; mini-batches are drawn from
     ``train_idx`` in a seeded random order each epoch.
 
+    Under ``torch.distributed`` (a process group is initialised) every rank draws the same mini-batches and solves
+    its share ``batch[rank::world_size]`` of each; the gradients of the log-weights are averaged across ranks with
+    the share sizes as weights (:func:`monai_ext.distributed.average_gradients`), which is the gradient of the whole
+    batch's mean loss, so every rank takes the same Adam step and keeps the same weights; the solutions are then
+    exchanged so that every rank's warm starts are those of a single process. The recorded losses are the batch
+    means over all ranks; ``log`` is called on rank 0 only. Up to float rounding and the batch-wide stopping of the
+    fixed-point solves (a shared solve stops when its slowest realisation reaches the tolerance), this is the
+    single-process learning; without a process group it is exactly that.
+
     Args:
         problem: the fixed-point problem (data, solver settings).
         train_idx: training realisations.
@@ -323,15 +333,23 @@ def learn_hyperparameters_deq(
     train_idx = list(train_idx)
     history, clock = [], problem.clock()
     epoch_loss = float("nan")
+    world = rank_and_world_size()[1]
+    log = log if is_main_process() else None
     for epoch in range(int(epochs)):
         order = [train_idx[i] for i in torch.randperm(len(train_idx), generator=generator).tolist()]
         losses = []
         for b in range(0, len(order), int(batch_size)):
             batch = order[b : b + int(batch_size)]
+            share = shard(batch)
             optimiser.zero_grad()
-            x = problem.reconstruct(batch, weights.eta, weights.lambdas)
-            loss = problem.loss(x)
-            loss.backward()
+            loss = torch.zeros((), dtype=torch.float64)
+            if share:  # a rank's share of a short last batch may be empty: it still takes part in the averaging
+                x = problem.reconstruct(share, weights.eta, weights.lambdas)
+                loss = problem.loss(x)
+                loss.backward()
+            if world > 1:
+                (loss,) = average_gradients(weights.parameters(), len(share), [loss.detach()])
+                problem.warm[batch] = gather_shards(problem.warm[share], len(batch))
             optimiser.step()
             loss = float(loss.detach())
             losses.append(loss)
@@ -341,7 +359,7 @@ def learn_hyperparameters_deq(
                     "epoch": epoch,
                     "loss": loss,
                     "seconds": clock.elapsed(),
-                    "forward_steps": problem.forward_steps[-1],
+                    "forward_steps": problem.forward_steps[-1] if problem.forward_steps else None,
                     "backward_steps": None if backward is None else backward.nstep,
                     "eta": float(weights.eta.detach()),
                 }

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from monai_ext.distributed import barrier, is_main_process, rank_and_world_size, shard, weighted_mean
 from monai_ext.io import atomic_path, save_figure, save_json
 from monai_ext.pet import DynamicPETSimulator
 from monai_ext.pet.dose_model import DoseModel
@@ -190,9 +191,17 @@ def _simulate(simulator, dose, subject_seed, learning: LearningSettings) -> Nois
     )
 
 
+def _validation_mse(problem: FixedPointProblem, val_idx, eta, lambdas, batch_size: int, restarts: int) -> float:
+    """Validation MSE from the uniform start; under ``torch.distributed`` each rank solves its share of ``val_idx``
+    and the ranks' means are averaged with the share sizes as weights (every rank gets the same value)."""
+    share = shard(val_idx)
+    local = problem.mse(share, eta, lambdas, batch_size, warm_start=False, restarts=restarts) if share else 0.0
+    return weighted_mean(local, len(share))
+
+
 def _validate(problem: FixedPointProblem, val_idx, result: SearchResult, batch_size: int, restarts: int) -> SearchResult:
     """Validation MSE from the uniform start (the same for every method)."""
-    result.val_mse = problem.mse(val_idx, result.eta, result.lambdas, batch_size, warm_start=False, restarts=restarts)
+    result.val_mse = _validation_mse(problem, val_idx, result.eta, result.lambdas, batch_size, restarts)
     return result
 
 
@@ -212,6 +221,11 @@ def learn_case(
     Writes ``learned_hyperparameters.json`` into ``output_dir`` (when given): the weights, the training and
     validation MSEs, the MSE of the initial weights, the frame SNRs, the time and the per-step history.
 
+    Under ``torch.distributed`` the learning is data parallel over the realisations of each mini-batch (see
+    :func:`~monai_ext.pet.hyperparameter_learning.learn_hyperparameters_deq`) and the validation over the validation
+    realisations; every rank returns the same weights and MSEs, rank 0 alone logs and writes the file (``seconds``
+    is rank 0's compute time), and every rank returns once it is written.
+
     Args:
         simulator: the dynamic PET simulator (grid, scanner, schedule).
         dose: ``D``, counts of the exam.
@@ -230,8 +244,8 @@ def learn_case(
     data = data if data is not None else _simulate(simulator, dose, subject_seed, learning)
     train_idx, val_idx = data.split(learning.n_train)
     problem = solver.problem(data, device)
-    initial = problem.mse(val_idx, learning.eta_init, learning.lambda_init, learning.batch_size, warm_start=False,
-                          restarts=solver.validation_restarts)
+    initial = _validation_mse(problem, val_idx, learning.eta_init, learning.lambda_init, learning.batch_size,
+                              solver.validation_restarts)
     weights = RegularisationWeights(data.n_frames, learning.eta_init, learning.lambda_init, per_frame=True)
     result = learn_hyperparameters_deq(
         problem, train_idx, weights, epochs=learning.epochs, batch_size=learning.batch_size, lr=learning.lr,
@@ -246,6 +260,7 @@ def learn_case(
         "learning": dataclasses.asdict(learning),
         "solver": dataclasses.asdict(solver),
         "device": str(device),
+        "world_size": rank_and_world_size()[1],
         "eta": result.eta,
         "lambdas": result.lambdas,
         "train_mse": result.train_mse,
@@ -258,12 +273,14 @@ def learn_case(
         "spearman_lambda_snr": _spearman(result.lambdas, snr),
         "history": result.history,
     }
-    logger.info(
-        f"learned D={dose:.3g}, subject {subject_seed}: val MSE {initial:.5f} -> {result.val_mse:.5f}, eta {result.eta:.4g}, "
-        f"{result.seconds:.1f} s"
-    )
-    if output_dir is not None:
-        save_json(out, Path(output_dir) / "learned_hyperparameters.json")
+    if is_main_process():
+        logger.info(
+            f"learned D={dose:.3g}, subject {subject_seed}: val MSE {initial:.5f} -> {result.val_mse:.5f}, eta {result.eta:.4g}, "
+            f"{result.seconds:.1f} s"
+        )
+        if output_dir is not None:
+            save_json(out, Path(output_dir) / "learned_hyperparameters.json")
+    barrier()
     return out
 
 
