@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-import math
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,6 @@ from monai_ext.networks.blind_deconvolution import ImageGenerator, KernelGenerat
 from monai_ext.pet.blind_deconvolution import (
     BlindDeconvolutionConfig,
     BlurDownsample,
-    blur_and_downsample,
     crop_affine,
     interpolate_2x,
     neural_blind_deconvolution,
@@ -260,3 +257,128 @@ def test_crop_box_moves_the_affine_and_rejects_bad_boxes():
     for box in ([[0, 11], [0, 12], [0, 14]], [[0, 3], [0, 12], [0, 14]], [[0, 10], [0, 12]]):
         with pytest.raises(ValueError, match="crop box"):
             crop_volume(case, box)
+
+
+# ---------------------------------------------------------------- DICOM output
+def test_written_pet_series_reads_back_to_the_same_values_and_affine(tmp_path):
+    from monai_ext.io.pet_dicom import write_pet_series
+
+    rng = np.random.default_rng(0)
+    volume = rng.gamma(2.0, 1500.0, size=(5, 6, 7)).astype(np.float32)  # Bq/mL
+    source = read_pet_series(_write_series(tmp_path / "pet"))
+    source.header.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    affine = supersampled_affine(source.affine)  # the 2x grid of a real series: halved spacing, quarter-voxel shift
+    folder = write_pet_series(volume, affine, tmp_path / "out" / "deblurred", template=source.header)
+    back = read_pet_series(folder)
+    np.testing.assert_allclose(back.affine, affine, atol=1e-4)
+    assert back.spacing == pytest.approx((1.4, 1.365, 1.25))
+    # one RescaleSlope per slice: the error is at most half a step of the slice maximum / 65535
+    np.testing.assert_allclose(back.volume, volume, atol=0.5 * volume.max() / 65535 * 1.01)
+    assert str(back.header.SeriesInstanceUID) != str(source.header.SeriesInstanceUID)
+    assert str(back.header.StudyInstanceUID) == str(source.header.StudyInstanceUID)
+    assert back.header.Units == "BQML" and float(back.header.PatientWeight) == 80.0
+    assert suv_factors(back.header).body_weight == pytest.approx(suv_factors(source.header).body_weight)
+
+
+def test_pet_series_writer_is_atomic_and_checks_its_input(tmp_path):
+    from monai_ext.io.pet_dicom import write_pet_series
+
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    out = tmp_path / "series"
+    write_pet_series(np.ones((3, 4, 4)), affine, out)
+    first = sorted(p.name for p in out.iterdir())
+    with pytest.raises(ValueError, match="finite 3D"):
+        write_pet_series(np.full((3, 4, 4), np.nan), affine, out)
+    assert sorted(p.name for p in out.iterdir()) == first  # the failed write left the old series alone
+    assert [p.name for p in tmp_path.iterdir()] == ["series"]  # and no temporary folder
+    sheared = affine.copy()
+    sheared[0, 1] = 1.0
+    with pytest.raises(ValueError, match="orthogonal"):
+        write_pet_series(np.ones((3, 4, 4)), sheared, tmp_path / "other")
+    signed = write_pet_series(np.array([[[-2.0, 3.0]]] * 2), affine, tmp_path / "signed")
+    np.testing.assert_allclose(read_pet_series(signed).volume, [[[-2.0, 3.0]]] * 2, atol=1e-3)
+
+
+def test_dicom_output_of_the_workflow_has_the_suv_of_the_nifti(tmp_path):
+    from monai_ext.io import load_nifti
+    from monai_ext.pet.suv import suv_factors as factors_of
+
+    cases = pet_cases(str(_write_series(tmp_path / "pet")), suv="lbm")
+    config = BlindDeconvolutionConfig(kernel_sizes=(3,), iterations=(2,), pretrain_steps=1, channels=(4,), progress=False)
+    summary = deblur_cases(cases, config, tmp_path / "out", dicom=True)
+    entry = summary["cases"][0]
+    nifti, affine = load_nifti(entry["file"])
+    series = read_pet_series(entry["dicom_folder"])
+    np.testing.assert_allclose(series.affine, affine, atol=1e-4)
+    # written in Bq/mL with the input's dose and patient fields: its SUVlbm is the NIfTI's
+    suv = series.volume * factors_of(series.header).lean_body_mass
+    np.testing.assert_allclose(suv, nifti, rtol=1e-3, atol=1e-4 * float(nifti.max()))
+    assert series.header.Units == "BQML"
+
+
+# ---------------------------------------------------------------- kernel identification tools
+def test_kernel_shape_moments_of_a_skewed_anisotropic_kernel():
+    from monai_ext.metrics.deconvolution import kernel_shape
+    from monai_ext.workflows.psma_deconvolution_evaluation import skewed_kernel
+
+    spacing = (1.4, 1.365, 1.365)
+    gauss = kernel_shape(gaussian_kernel((4.0, 2.0, 3.0), 21), (1.0, 1.0, 1.0))
+    np.testing.assert_allclose(gauss["fwhm_mm"], [4.0, 2.0, 3.0], rtol=1e-3)
+    np.testing.assert_allclose(gauss["principal_fwhm_mm"], [4.0, 3.0, 2.0], rtol=1e-3)
+    np.testing.assert_allclose(np.abs(gauss["major_axis_zyx"]), [1, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(gauss["skewness"], 0, atol=1e-9)
+    skewed = kernel_shape(skewed_kernel((5.0, 5.0, 5.0), (0.0, 0.0, 4.0), spacing, 15), spacing)
+    assert skewed["skewness"][2] > 0.5 and abs(skewed["skewness"][0]) < 1e-6
+    np.testing.assert_allclose(skewed["centroid_mm"], 0, atol=0.1)  # mass-centred
+    with pytest.raises(ValueError):
+        kernel_shape(-np.ones((3, 3, 3)))
+
+
+def test_similarity_matrix_identifies_kernels_by_their_diagonal():
+    from monai_ext.metrics.deconvolution import kernel_similarity_matrix
+
+    applied = [gaussian_kernel(f, 11) for f in ((5.0, 2.0, 2.0), (2.0, 5.0, 2.0), (2.0, 2.0, 5.0))]
+    noisy = [k + 0.002 * np.random.default_rng(i).random(k.shape) for i, k in enumerate(applied)]
+    matrix = kernel_similarity_matrix(noisy, applied)
+    assert matrix.shape == (3, 3)
+    assert np.all(np.argmax(matrix, axis=1) == np.arange(3))
+    blob = [gaussian_kernel(3.0, 11)] * 3  # one blob for all: high similarities, but no row peaks on its diagonal
+    rows = kernel_similarity_matrix(blob, applied)
+    assert np.ptp(rows, axis=1).max() < 1e-9
+
+
+def test_normalised_sparsity_grows_with_blur():
+    from scipy.ndimage import gaussian_filter
+
+    from monai_ext.pet.blind_deconvolution import DeconvolutionLoss
+
+    phantom = sphere_phantom(shape=(8, 28, 28), ring_radius=22.0, cylinder_radius=34.0, diameters=(10.0, 8.0))
+    sharp = torch.as_tensor(phantom.reference_2x)[None, None]
+    values = [float(DeconvolutionLoss.normalised_sparsity(sharp))]
+    for sigma in (1.0, 2.0):
+        values.append(float(DeconvolutionLoss.normalised_sparsity(torch.as_tensor(gaussian_filter(phantom.reference_2x, sigma))[None, None])))
+    assert values[0] < values[1] < values[2], values
+    # while TV falls with blur (Levin et al.: the no-blur solution wins under TV)
+    tv = [float(DeconvolutionLoss.total_variation(torch.as_tensor(gaussian_filter(phantom.reference_2x, s))[None, None])) for s in (0.01, 2.0)]
+    assert tv[1] < tv[0]
+
+
+def test_scale_steps():
+    from monai_ext.pet.blind_deconvolution import scale_steps
+
+    assert scale_steps([20, 20, 100], 0.5) == (10, 10, 50)
+    assert scale_steps([20, 20, 100], 0.01) == (1, 1, 1)
+    assert scale_steps(50, 2.0) == 100
+    with pytest.raises(ValueError, match="steps_scale"):
+        scale_steps([20], 0.0)
+
+
+def test_steps_scale_of_the_inference_config():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser["bundle_root"] = str(BUNDLE)
+    parser["steps_scale"] = 0.25
+    config = parser.get_parsed_content("deconvolution")
+    assert config.iterations == (5, 5, 25) and config.pretrain_steps == 12

@@ -1,7 +1,7 @@
 """File input/output shared by the bundles: atomic NIfTI/PNG/JSON writers and projection files with sidecars."""
 
 from .datalists import tomography_cases
-from .pet_dicom import PETSeries, read_pet_series
+from .pet_dicom import PETSeries, read_pet_series, write_pet_series
 from .files import (
     atomic_path,
     geometry_from_dict,
@@ -29,4 +29,5 @@ __all__ = [
     "load_projections",
     "PETSeries",
     "read_pet_series",
+    "write_pet_series",
 ]

@@ -8,17 +8,23 @@ millimetres: DICOM positions are LPS, so the first two world axes change sign.
 Checked, each with a ``ValueError`` that names the problem: no DICOM file, a modality other than PT, several series,
 inconsistent orientation/size/pixel spacing, duplicate positions, missing slices (a gap in the positions, or fewer
 slices than ``NumberOfSlices``), unequal slice spacing.
+
+:func:`write_pet_series` writes a volume (e.g. the 2x deblurred PET) back as a PET series that this reader reads to
+the same values and affine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PETSeries", "read_pet_series"]
+__all__ = ["PETSeries", "read_pet_series", "write_pet_series"]
 
 
 @dataclass(frozen=True)
@@ -127,3 +133,124 @@ def read_pet_series(folder: str | os.PathLike, rtol: float = 0.01) -> PETSeries:
     header = datasets[0][1].copy()
     del header.PixelData
     return PETSeries(volume=volume, affine=affine, spacing=(step, row_spacing, col_spacing), header=header)
+
+
+PET_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
+_COPIED_FROM_TEMPLATE = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "PatientWeight", "PatientSize",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "StudyDescription",
+    "FrameOfReferenceUID", "SeriesDate", "SeriesTime", "AcquisitionDate", "AcquisitionTime", "Units", "DecayCorrection",
+    "CorrectedImage", "RadiopharmaceuticalInformationSequence", "Manufacturer", "ManufacturerModelName",
+)
+
+
+@contextlib.contextmanager
+def _atomic_directory(path: Path):
+    """Yield a temporary folder beside ``path``; on success it becomes ``path`` (replacing it), on error it is removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_pet_series(
+    volume,
+    affine,
+    folder: str | os.PathLike,
+    template=None,
+    units: str = "BQML",
+    series_description: str = "deblurred 2x",
+    series_number: int = 1001,
+) -> Path:
+    """Write a volume as a PET DICOM series (one file per slice), atomically: the folder appears complete or not at all.
+
+    Geometry is the inverse of :func:`read_pet_series`: the NIfTI affine (RAS) becomes LPS, its first two columns the
+    in-plane directions and spacings (``ImageOrientationPatient``, ``PixelSpacing`` = (between rows, between
+    columns)), the third the slice step (``ImagePositionPatient`` of slice ``k`` = origin + ``k`` step,
+    ``SliceThickness`` and ``SpacingBetweenSlices`` its length). Values are stored as 16-bit integers with one
+    ``RescaleSlope`` per slice (``value = pixel * slope``, unsigned for non-negative volumes, so the error is at most
+    half a step of that slice's maximum / 65535). A new ``SeriesInstanceUID`` and ``SOPInstanceUID`` s are generated;
+    patient, study, frame of reference and radiopharmaceutical fields are copied from ``template`` when given (so that
+    SUV conversion of the written series uses the same dose and weight).
+
+    Args:
+        volume: ``(z, y, x)`` = (slice, row, column), finite.
+        affine: NIfTI affine of the volume (axes ``x, y, z``, RAS mm).
+        folder: destination folder (replaced if it exists).
+        template: a dataset (e.g. ``PETSeries.header`` of the input series) to copy patient/study fields from.
+        units: DICOM ``Units`` (0054,1001), e.g. ``"BQML"``, ``"GML"`` (SUV); overrides the template's.
+        series_description, series_number: of the new series.
+
+    Raises:
+        ValueError: a volume that is not 3D or not finite, or an affine that is not 4 x 4 with orthogonal axes.
+    """
+    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    volume = np.asarray(volume, np.float64)
+    affine = np.asarray(affine, float)
+    if volume.ndim != 3 or not np.all(np.isfinite(volume)):
+        raise ValueError(f"volume must be a finite 3D array (slice, row, column), got shape {volume.shape}.")
+    if affine.shape != (4, 4):
+        raise ValueError(f"affine must be 4 x 4, got {affine.shape}.")
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    spacings = np.linalg.norm(lps[:3, :3], axis=0)
+    if np.any(spacings <= 0):
+        raise ValueError("affine has a zero axis.")
+    directions = lps[:3, :3] / spacings
+    if not np.allclose(directions.T @ directions, np.eye(3), atol=1e-4):
+        raise ValueError("affine axes must be orthogonal (DICOM slices cannot be sheared).")
+    signed = volume.min() < 0
+    top = 32767.0 if signed else 65535.0
+    series_uid = generate_uid()
+    frame_uid = str(getattr(template, "FrameOfReferenceUID", "") or generate_uid())
+    study_uid = str(getattr(template, "StudyInstanceUID", "") or generate_uid())
+    with _atomic_directory(Path(folder)) as tmp:
+        for k, plane in enumerate(volume):
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = PET_IMAGE_STORAGE
+            meta.MediaStorageSOPInstanceUID = generate_uid()
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = FileDataset(str(tmp / f"slice_{k:04d}.dcm"), Dataset(), file_meta=meta, preamble=b"\0" * 128)
+            for name in _COPIED_FROM_TEMPLATE:
+                if template is not None and name in template:
+                    setattr(ds, name, getattr(template, name))
+            ds.Modality = "PT"
+            ds.SOPClassUID = PET_IMAGE_STORAGE
+            ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+            ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber, ds.ImageIndex = series_description, series_number, k + 1, k + 1
+            ds.Units = units
+            ds.ImageType = ["DERIVED", "SECONDARY"]
+            ds.ImageOrientationPatient = [float(f"{v:.6f}") for v in (*directions[:, 0], *directions[:, 1])]
+            ds.ImagePositionPatient = [float(f"{v:.4f}") for v in lps[:3, 3] + k * lps[:3, 2]]
+            ds.PixelSpacing = [float(f"{spacings[1]:.6f}"), float(f"{spacings[0]:.6f}")]
+            ds.SliceThickness = ds.SpacingBetweenSlices = float(f"{spacings[2]:.6f}")
+            ds.NumberOfSlices = volume.shape[0]
+            ds.Rows, ds.Columns = plane.shape
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, int(signed)
+            peak = float(np.abs(plane).max())
+            slope = peak / top if peak > 0 else 1.0
+            ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.10g}", "0"
+            pixels = np.round(plane / float(ds.RescaleSlope)).clip(-top - 1 if signed else 0, top)
+            ds.PixelData = pixels.astype(np.int16 if signed else np.uint16).tobytes()
+            ds.save_as(str(tmp / f"slice_{k:04d}.dcm"), enforce_file_format=True)
+    return Path(folder)

@@ -1,7 +1,7 @@
 """Image quality metrics: full-reference (PSNR, SSIM), no-reference (BRISQUE), deconvolution (recovery, kernels)."""
 
 from .brisque import brisque_features, brisque_score, load_brisque_model
-from .deconvolution import kernel_similarity, recovery_coefficients
+from .deconvolution import kernel_shape, kernel_similarity, kernel_similarity_matrix, recovery_coefficients
 from .image_quality import psnr, relative_error, ssim
 
 __all__ = [
@@ -10,6 +10,8 @@ __all__ = [
     "relative_error",
     "recovery_coefficients",
     "kernel_similarity",
+    "kernel_similarity_matrix",
+    "kernel_shape",
     "brisque_features",
     "brisque_score",
     "load_brisque_model",

@@ -52,14 +52,15 @@ def load_pet_volume(path: str | os.PathLike, suv: str | None = "lbm") -> dict:
         raise ValueError(f"suv must be 'lbm', 'bw' or None, got {suv!r}.")
     if path.is_dir():
         series = read_pet_series(path)
-        volume, unit = series.volume, "Bq/mL"
+        volume, unit, factor = series.volume, "Bq/mL", 1.0
         if suv is not None:
             factors = suv_factors(series.header)
             factor = factors.body_weight if suv == "bw" else factors.lean_body_mass
             if factor is None:
                 raise ValueError("SUVlbm needs PatientSize (height) and PatientSex in the header; use suv='bw' otherwise.")
             volume, unit = volume * np.float32(factor), f"SUV{suv}"
-        return {"name": path.name, "volume": volume, "affine": series.affine, "spacing": series.spacing, "unit": unit}
+        return {"name": path.name, "volume": volume, "affine": series.affine, "spacing": series.spacing, "unit": unit,
+                "dicom_header": series.header, "bqml_per_unit": 1.0 / factor}
     if not path.is_file():
         raise FileNotFoundError(f"PET input not found: {path}")
     volume, affine = load_nifti(path)
@@ -128,8 +129,30 @@ def _mip(volume: np.ndarray, axis: int = 0) -> np.ndarray:
     return np.asarray(volume).max(axis=axis)
 
 
-def deblur_case(case: dict, config: BlindDeconvolutionConfig, output_dir: str | os.PathLike, device="cpu") -> dict:
+def _dicom_values(case: dict, image: np.ndarray) -> tuple[np.ndarray, str]:
+    """The deblurred image in the unit of a DICOM output and its DICOM ``Units``.
+
+    A DICOM input converted to SUV is written back in Bq/mL (``bqml_per_unit``) with the input's header, so that the
+    SUV conversion of the output series gives the SUV of the NIfTI; the phantom's kBq/mL become Bq/mL; other NIfTI
+    values are written as they are with ``Units`` NONE.
+    """
+    if "bqml_per_unit" in case:
+        return image * case["bqml_per_unit"], "BQML"
+    if case.get("unit") == "kBq/mL":
+        return image * 1000.0, "BQML"
+    return image, "NONE"
+
+
+def deblur_case(case: dict, config: BlindDeconvolutionConfig, output_dir: str | os.PathLike, device="cpu", dicom: bool = False) -> dict:
     """Deblur one case and write ``<name>_deblurred.nii.gz`` (+ PNG of MIPs of y, x, k, x*k), the kernel and y.
+
+    Args:
+        case: an entry of :func:`pet_cases`.
+        config: deconvolution settings.
+        output_dir: destination.
+        device: where to fit.
+        dicom: also write the 2x volume as a PET DICOM series in ``<name>_deblurred_dicom/``
+            (``monai_ext.io.pet_dicom.write_pet_series``; new series in the input's study when the input is DICOM).
 
     Returns the case's summary entry (files, seconds, and scores when the case has a reference).
     """
@@ -140,6 +163,12 @@ def deblur_case(case: dict, config: BlindDeconvolutionConfig, output_dir: str | 
     deblurred = save_nifti(result.image, output_dir / f"{name}_deblurred.nii.gz", affine=affine_2x)
     kernel_affine = np.diag([*np.asarray(case["spacing"])[::-1] / 2.0, 1.0])
     kernel_affine[:3, 3] = -(np.asarray(result.kernel.shape)[::-1] // 2) * np.asarray(case["spacing"])[::-1] / 2.0
+    dicom_folder = None
+    if dicom:
+        from monai_ext.io.pet_dicom import write_pet_series
+
+        values, units = _dicom_values(case, result.image)
+        dicom_folder = write_pet_series(values, affine_2x, output_dir / f"{name}_deblurred_dicom", template=case.get("dicom_header"), units=units)
     kernel_file = save_nifti(result.kernel, output_dir / f"{name}_kernel.nii.gz", affine=kernel_affine)
     blurred_x = convolve_same(torch.as_tensor(result.image)[None, None], torch.as_tensor(result.kernel)[None, None])[0, 0].numpy()
     y_2x = interpolate_2x(case["volume"], 0)
@@ -152,6 +181,7 @@ def deblur_case(case: dict, config: BlindDeconvolutionConfig, output_dir: str | 
         "name": name,
         "file": str(deblurred),
         "kernel_file": str(kernel_file),
+        **({"dicom_folder": str(dicom_folder)} if dicom_folder else {}),
         "unit": case.get("unit", ""),
         "input_shape": list(case["volume"].shape),
         "output_shape": list(result.image.shape),
@@ -186,10 +216,13 @@ def kernel_fwhm(kernel: np.ndarray) -> list[float]:
     return out
 
 
-def deblur_cases(cases: list[dict], config: BlindDeconvolutionConfig, output_dir: str | os.PathLike, device="cpu") -> dict:
-    """Deblur every case, write ``output_dir/summary.json`` and return the summary (``mean_psnr_db`` when scored)."""
+def deblur_cases(cases: list[dict], config: BlindDeconvolutionConfig, output_dir: str | os.PathLike, device="cpu", dicom: bool = False) -> dict:
+    """Deblur every case, write ``output_dir/summary.json`` and return the summary (``mean_psnr_db`` when scored).
+
+    ``dicom``: also write each 2x volume as a PET DICOM series (:func:`deblur_case`).
+    """
     start = time.perf_counter()
-    entries = [deblur_case(case, config, output_dir, device) for case in cases]
+    entries = [deblur_case(case, config, output_dir, device, dicom) for case in cases]
     summary = {
         "bundle": "psma_pet_neural_blind_deconvolution",
         "method": "neural_blind_deconvolution_2x",

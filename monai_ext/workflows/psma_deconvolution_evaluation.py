@@ -6,7 +6,8 @@
    (``y* = D(k* * x)``), the deconvolution is rerun on ``y*``, and the recovered kernel is compared with ``k*`` by
    the dot product of the normalised kernels.
 3. No-reference quality: BRISQUE of the sphere-plane slice and of the axial MIP, deblurred vs the interpolations,
-   all shown in the same window (0 to the deblurred image's maximum).
+   all shown in the same window (0 to the deblurred image's maximum); the true 2x activity and the nearest upsampling
+   of the noiseless scan are scored too, as controls of what the metric rewards on this phantom.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ import torch
 from monai_ext.io import save_json, save_png
 from monai_ext.metrics import psnr
 from monai_ext.metrics.brisque import brisque_score, load_brisque_model
-from monai_ext.metrics.deconvolution import kernel_similarity, recovery_coefficients
+from monai_ext.metrics.deconvolution import kernel_shape, kernel_similarity_matrix, recovery_coefficients
 from monai_ext.pet.blind_deconvolution import BlindDeconvolutionConfig, blur_and_downsample, interpolate_2x, neural_blind_deconvolution
 from monai_ext.workflows.psma_deconvolution import INTERPOLATIONS, kernel_fwhm
 
-__all__ = ["PSEUDOKERNELS", "skewed_kernel", "evaluate_psma_deconvolution"]
+__all__ = ["PSEUDOKERNELS", "skewed_kernel", "pseudokernel_test", "evaluate_psma_deconvolution"]
 
 logger = logging.getLogger("psma_pet_neural_blind_deconvolution")
 _FWHM_TO_SIGMA = 1.0 / (2.0 * sqrt(2.0 * np.log(2.0)))
@@ -74,6 +75,57 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def pseudokernel_test(image_2x, spacing, config: BlindDeconvolutionConfig, pseudokernels=PSEUDOKERNELS, device="cpu", output_dir=None) -> dict:
+    """Apply each pseudokernel ``k*`` to a deblurred 2x image, rerun the deconvolution, compare the kernels.
+
+    ``y* = D(k* * x)`` (``blur_and_downsample``, no noise added), then ``neural_blind_deconvolution(y*)``. Each
+    recovered kernel is scored against its own ``k*`` (the similarity of Sample et al.) and against the other applied
+    kernels (``kernel_similarity_matrix``): it is *identified* when its own is the highest. The shapes (FWHM per axis
+    and along the principal axes, major axis, skewness; ``kernel_shape``) of applied and recovered kernels are kept.
+
+    Args:
+        image_2x: the deblurred image ``(2z, 2y, 2x)`` the pseudokernels are applied to.
+        spacing: PET voxel size in mm ``(z, y, x)`` (the 2x grid has half of it).
+        config: deconvolution settings of the reruns.
+        pseudokernels: dicts of ``skewed_kernel`` arguments (``fwhm_mm``, ``skew``).
+        device: where to fit.
+        output_dir: where to write ``pseudokernel_<i>.png`` (applied above recovered; ``None``: no figures).
+
+    Returns:
+        ``{"rows": [...], "similarity_matrix": S}`` with ``S[i][j]`` = recovered ``i`` vs applied ``j``.
+    """
+    spacing_2x = tuple(s / 2 for s in spacing)
+    size = config.kernel_sizes[-1]
+    x = torch.as_tensor(np.asarray(image_2x, np.float32))[None, None]
+    applied, recovered, rows = [], [], []
+    for i, spec in enumerate(pseudokernels):
+        k_star = skewed_kernel(spec["fwhm_mm"], spec["skew"], spacing_2x, size)
+        measured = blur_and_downsample(x, torch.as_tensor(k_star)[None, None])[0, 0].numpy()
+        rerun = neural_blind_deconvolution(measured, spacing, config, device)
+        applied.append(k_star)
+        recovered.append(rerun.kernel)
+        rows.append({
+            **spec,
+            "applied_shape": kernel_shape(k_star, spacing_2x),
+            "recovered_shape": kernel_shape(rerun.kernel, spacing_2x),
+            "recovered_fwhm_mm": kernel_shape(rerun.kernel, spacing_2x)["fwhm_mm"],
+            "final_loss": rerun.loss_history[-1],
+            "kernel_history": rerun.kernel_history,
+            "seconds": rerun.seconds,
+        })
+        if output_dir is not None:
+            panels = [(f"k*{i + 1} {name}", k_star.max(axis=a)) for a, name in ((0, "axial"), (1, "coronal"), (2, "sagittal"))]
+            panels += [(f"k{i + 1} {name}", rerun.kernel.max(axis=a)) for a, name in ((0, "axial"), (1, "coronal"), (2, "sagittal"))]
+            save_png(panels, Path(output_dir) / f"pseudokernel_{i + 1}.png", cmap="magma")
+    matrix = kernel_similarity_matrix(recovered, applied)
+    for i, row in enumerate(rows):
+        others = np.delete(matrix[i], i)
+        row.update(similarity=float(matrix[i, i]), best_other_similarity=float(others.max()) if others.size else None,
+                   identified=bool(others.size == 0 or matrix[i, i] > others.max()))
+        logger.info(f"pseudokernel {i + 1}: similarity {row['similarity']:.3f} (best other {row['best_other_similarity']}), identified {row['identified']}")
+    return {"rows": rows, "similarity_matrix": matrix.tolist()}
+
+
 def evaluate_psma_deconvolution(
     example,
     config: BlindDeconvolutionConfig,
@@ -110,30 +162,21 @@ def evaluate_psma_deconvolution(
     }
 
     # pseudokernel test
-    spacing_2x = tuple(s / 2 for s in example.spacing)
-    size = config.kernel_sizes[-1]
     pk_config = replace(config, iterations=tuple(pseudokernel_iterations)) if pseudokernel_iterations else config
-    pseudo_rows = []
-    x = torch.as_tensor(result.image)[None, None]
-    for i, spec in enumerate(pseudokernels):
-        k_star = skewed_kernel(spec["fwhm_mm"], spec["skew"], spacing_2x, size)
-        measured = blur_and_downsample(x, torch.as_tensor(k_star)[None, None])[0, 0].numpy()
-        rerun = neural_blind_deconvolution(measured, example.spacing, pk_config, device)
-        similarity = kernel_similarity(rerun.kernel, k_star)
-        pseudo_rows.append({**spec, "similarity": similarity, "recovered_fwhm_mm": [f * s for f, s in zip(kernel_fwhm(rerun.kernel), spacing_2x)]})
-        panels = [(f"k*{i + 1} {name}", k_star.max(axis=a)) for a, name in ((0, "axial"), (1, "coronal"), (2, "sagittal"))]
-        panels += [(f"k{i + 1} {name}", rerun.kernel.max(axis=a)) for a, name in ((0, "axial"), (1, "coronal"), (2, "sagittal"))]
-        save_png(panels, output_dir / f"pseudokernel_{i + 1}.png", cmap="magma")
-        logger.info(f"pseudokernel {i + 1}: similarity {similarity:.3f}")
-    report["pseudokernels"] = pseudo_rows
+    pseudo = pseudokernel_test(result.image, example.spacing, pk_config, pseudokernels, device, output_dir)
+    report["pseudokernels"] = pseudo["rows"]
+    report["pseudokernel_similarity_matrix"] = pseudo["similarity_matrix"]
+    pseudo_rows = pseudo["rows"]
 
     # BRISQUE on the sphere plane and the axial MIP, one window for all
     model = load_brisque_model(brisque_svm, brisque_range)
     plane = int(np.argmax(example.sphere_masks_2x.sum(axis=(0, 2, 3))))
     window = (0.0, float(result.image.max()))
+    # the true 2x activity and the nearest upsampling of the noiseless scan as controls: what BRISQUE rewards here
+    controls = {"truth": example.reference_2x, "nearest (noiseless)": interpolate_2x(example.noiseless, 0)}
     report["brisque"] = {
         m: {"sphere_slice": brisque_score(img[plane], model, window), "axial_mip": brisque_score(img.max(axis=0), model, window)}
-        for m, img in images.items()
+        for m, img in (images | controls).items()
     }
     save_png([(m, img[plane]) for m, img in images.items()] + [("reference", example.reference_2x[plane])], output_dir / "sphere_plane.png", vmin=0, vmax=window[1])
 
@@ -142,12 +185,17 @@ def evaluate_psma_deconvolution(
     md.append(_table(["sphere (mm)", *methods], [[f"{d:g}", *[rc[m][i] for m in methods]] for i, d in enumerate(example.diameters)]))
     md += ["", _table(["PSNR vs 2x truth (dB)", *methods], [["", *[psnrs[m] for m in methods]]])]
     md += ["", "## Pseudokernels (dot product of normalised kernels)", ""]
-    md.append(_table(["#", "FWHM (mm, z y x)", "skew (z y x)", "similarity", "recovered FWHM (mm)"], [
-        [i + 1, " ".join(f"{v:g}" for v in r["fwhm_mm"]), " ".join(f"{v:g}" for v in r["skew"]), r["similarity"], " ".join(f"{v:.1f}" for v in r["recovered_fwhm_mm"])]
+    md.append(_table(["#", "FWHM, skew (parameters, z y x)", "similarity to own k*", "best to another k*", "identified",
+                      "applied FWHM (mm, z y x)", "recovered FWHM (mm, z y x)", "applied skewness", "recovered skewness"], [
+        [i + 1, " ".join(f"{v:g}" for v in r["fwhm_mm"]) + ", " + " ".join(f"{v:g}" for v in r["skew"]), r["similarity"],
+         r["best_other_similarity"], "yes" if r["identified"] else "no",
+         " ".join(f"{v:.1f}" for v in r["applied_shape"]["fwhm_mm"]), " ".join(f"{v:.1f}" for v in r["recovered_shape"]["fwhm_mm"]),
+         " ".join(f"{v:.2f}" for v in r["applied_shape"]["skewness"]), " ".join(f"{v:.2f}" for v in r["recovered_shape"]["skewness"])]
         for i, r in enumerate(pseudo_rows)
     ]))
     md += ["", "## BRISQUE (lower is better)", ""]
-    md.append(_table(["image", *methods], [[view, *[report["brisque"][m][view] for m in methods]] for view in ("sphere_slice", "axial_mip")]))
+    shown = [*methods, *controls]
+    md.append(_table(["image", *shown], [[view, *[report["brisque"][m][view] for m in shown]] for view in ("sphere_slice", "axial_mip")]))
     report["markdown"] = "\n".join(md)
     save_json(report, output_dir / "evaluation.json")
     from monai_ext.io import atomic_path
