@@ -179,6 +179,10 @@ def test_cbct_comparison_table(small_case, tmp_path):
     assert row["memory_mib"] == pytest.approx(per_scan.last_fits[0]["field_parameters_mib"], abs=1e-4)
     assert summary["results"]["noise_free"]["FDK"]["memory_mib"] == pytest.approx(16**3 * 4 / 2**20, abs=1e-4)
     assert "CondCBNT | 28.31" in summary["published_markdown"]
+    assert row["cpu_seconds_per_volume"] > 0 and "noise_free: CPU (s/vol)" in summary["markdown"]
+    # the published rows follow published_views (the talk's setting of equal angular undersampling), not n_views
+    other = compare_cbct_methods({"FDK": FBP(geom)}, {"noise_free": scans}, str(tmp_path / "p400"), n_views=50, published_views=400)
+    assert "CondCBNT | 29.89" in other["published_markdown"] and other["published_views"] == 400
     assert (tmp_path / "comparison.md").is_file() and (tmp_path / "examples_noise_free.png").is_file()
     with pytest.raises(ValueError, match="unknown method"):
         compare_cbct_methods({"FDK": FBP(geom)}, {"noise_free": scans}, str(tmp_path), method_names=["TV"])
