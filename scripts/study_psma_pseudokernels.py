@@ -129,6 +129,26 @@ def print_table(result: dict) -> None:
               f"{' '.join(f'{v:5.2f}' for v in k['skewness']):>17s}")
 
 
+def markdown_report(results: list[dict]) -> str:
+    """One markdown table of every stored variant: similarity to own / best other, widths, skewness, trajectory."""
+    lines = ["| variant | mode | k* | own | best other | identified | recovered FWHM (mm, z y x) | recovered skewness | kernel FWHM z/y/x (mm) after joint steps 1, 20, 40, 81, 140 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        numbers = r.get("pseudokernel_numbers") or range(1, len(r["rows"]) + 1)
+        for n, row in zip(numbers, r["rows"]):
+            other = row["best_other_similarity"]
+            complete = len(r["rows"]) == 4  # identification is only meaningful against all four applied kernels
+            trace = ""
+            if row.get("kernel_history"):
+                spacing_2x = (1.4, 1.365, 1.365)
+                marks = {1, 20, 40, 81, 140}
+                trace = ", ".join("/".join(f"{v * s:.1f}" for v, s in zip(h[1:], spacing_2x)) for h in row["kernel_history"] if h[0] in marks)
+            lines.append(f"| {r['variant']} | {r['mode']} | {n} | {row['similarity']:.3f} | {f'{other:.3f}' if complete else 'n/a'} | "
+                         f"{('yes' if row['identified'] else 'no') if complete else 'n/a'} | {' '.join(f'{v:.1f}' for v in row['recovered_shape']['fwhm_mm'])} | "
+                         f"{' '.join(f'{v:.2f}' for v in row['recovered_shape']['skewness'])} | {trace} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench_results/psma_pseudokernels.json")
@@ -136,11 +156,15 @@ def main() -> None:
     parser.add_argument("--mode", choices=("joint", "kernel-only"), default="joint")
     parser.add_argument("--only", default="", help="pseudokernels to run, e.g. 1,4 (default all)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--report", action="store_true", help="print the stored results as one markdown table and exit")
     parser.add_argument("--cache", default="bench_results/psma_deblurred_phantom.nii.gz", help="x0 (fitted once)")
     args = parser.parse_args()
     only = [int(v) for v in args.only.split(",") if v]
     out = Path(args.out)
     previous = json.loads(out.read_text()) if out.is_file() else {"results": []}
+    if args.report:
+        print(markdown_report(previous["results"]))
+        return
     for spec in args.variant or ["baseline={}"]:
         name, _, overrides = spec.partition("=")
         result = run_variant(name, json.loads(overrides or "{}"), args.mode, only, args.threads, Path(args.cache))

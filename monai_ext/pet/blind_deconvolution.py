@@ -352,6 +352,7 @@ class BlindDeconvolutionResult:
         kernel: the final kernel (2x voxels, sums to 1).
         prediction: ``D(k * x)`` on the measured grid.
         loss_history: loss per joint step.
+        pretrain_loss: the last pretraining loss (mean squared error with the initial kernel).
         kernel_history: ``(joint step, FWHM z, y, x in 2x voxels)`` of the kernel every 10 steps and at stage ends.
         seconds: wall time of the fit.
     """
@@ -361,6 +362,7 @@ class BlindDeconvolutionResult:
     prediction: np.ndarray
     loss_history: list[float] = field(default_factory=list)
     kernel_history: list[tuple[int, float, float, float]] = field(default_factory=list)
+    pretrain_loss: float | None = None
     seconds: float = 0.0
 
 
@@ -468,10 +470,13 @@ def neural_blind_deconvolution(
     fwhm_2x = 2.0 * np.asarray(config.initial_fwhm_mm, float) / np.asarray(spacing, float)
     initial = torch.as_tensor(gaussian_kernel(fwhm_2x, kmax), dtype=torch.float32, device=device)[None, None]
     optimiser = torch.optim.Adam(gx.parameters(), lr=2 * config.lr_image)
+    pretrain_loss = None
     for _ in range(config.pretrain_steps):  # x starts as a non-blind deconvolution by the initial kernel
         optimiser.zero_grad()
-        F.mse_loss(op(gx(noise, base), initial), target).backward()
+        loss = F.mse_loss(op(gx(noise, base), initial), target)
+        loss.backward()
         optimiser.step()
+        pretrain_loss = float(loss.detach())
 
     loss_fn = DeconvolutionLoss(sparsity_weight=config.sparsity_weight)
     kernels = kernel_model(config, spacing, device)
@@ -524,6 +529,7 @@ def neural_blind_deconvolution(
         prediction=(prediction[0, 0].cpu().numpy() * scale).astype(np.float32),
         loss_history=history,
         kernel_history=kernel_trace,
+        pretrain_loss=pretrain_loss,
         seconds=seconds,
     )
 

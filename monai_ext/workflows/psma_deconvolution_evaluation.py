@@ -26,6 +26,7 @@ from monai_ext.metrics import psnr
 from monai_ext.metrics.brisque import brisque_score, load_brisque_model
 from monai_ext.metrics.deconvolution import kernel_shape, kernel_similarity_matrix, recovery_coefficients
 from monai_ext.pet.blind_deconvolution import BlindDeconvolutionConfig, blur_and_downsample, interpolate_2x, neural_blind_deconvolution
+from monai_ext.phantoms.spheres import gaussian_kernel
 from monai_ext.workflows.psma_deconvolution import INTERPOLATIONS, kernel_fwhm
 
 __all__ = ["PSEUDOKERNELS", "skewed_kernel", "pseudokernel_test", "evaluate_psma_deconvolution"]
@@ -111,6 +112,7 @@ def pseudokernel_test(image_2x, spacing, config: BlindDeconvolutionConfig, pseud
             "recovered_fwhm_mm": kernel_shape(rerun.kernel, spacing_2x)["fwhm_mm"],
             "final_loss": rerun.loss_history[-1],
             "kernel_history": rerun.kernel_history,
+            "pretrain_loss": rerun.pretrain_loss,
             "seconds": rerun.seconds,
         })
         if output_dir is not None:
@@ -118,7 +120,11 @@ def pseudokernel_test(image_2x, spacing, config: BlindDeconvolutionConfig, pseud
             panels += [(f"k{i + 1} {name}", rerun.kernel.max(axis=a)) for a, name in ((0, "axial"), (1, "coronal"), (2, "sagittal"))]
             save_png(panels, Path(output_dir) / f"pseudokernel_{i + 1}.png", cmap="magma")
     matrix = kernel_similarity_matrix(recovered, applied)
+    # control: what a kernel that learnt nothing scores (the initial Gaussian, the resolution floor)
+    controls = {"initial": config.initial_fwhm_mm} | ({"floor": config.min_fwhm_mm} if config.min_fwhm_mm is not None else {})
+    null = {name: kernel_similarity_matrix([gaussian_kernel(np.asarray(f, float) / np.asarray(spacing_2x), size)], applied)[0] for name, f in controls.items()}
     for i, row in enumerate(rows):
+        row["null_similarity"] = {name: float(values[i]) for name, values in null.items()}
         others = np.delete(matrix[i], i)
         row.update(similarity=float(matrix[i, i]), best_other_similarity=float(others.max()) if others.size else None,
                    identified=bool(others.size == 0 or matrix[i, i] > others.max()))
@@ -185,10 +191,10 @@ def evaluate_psma_deconvolution(
     md.append(_table(["sphere (mm)", *methods], [[f"{d:g}", *[rc[m][i] for m in methods]] for i, d in enumerate(example.diameters)]))
     md += ["", _table(["PSNR vs 2x truth (dB)", *methods], [["", *[psnrs[m] for m in methods]]])]
     md += ["", "## Pseudokernels (dot product of normalised kernels)", ""]
-    md.append(_table(["#", "FWHM, skew (parameters, z y x)", "similarity to own k*", "best to another k*", "identified",
+    md.append(_table(["#", "FWHM, skew (parameters, z y x)", "similarity to own k*", "best to another k*", "identified", "fixed initial Gaussian",
                       "applied FWHM (mm, z y x)", "recovered FWHM (mm, z y x)", "applied skewness", "recovered skewness"], [
         [i + 1, " ".join(f"{v:g}" for v in r["fwhm_mm"]) + ", " + " ".join(f"{v:g}" for v in r["skew"]), r["similarity"],
-         r["best_other_similarity"], "yes" if r["identified"] else "no",
+         r["best_other_similarity"], "yes" if r["identified"] else "no", r["null_similarity"]["initial"],
          " ".join(f"{v:.1f}" for v in r["applied_shape"]["fwhm_mm"]), " ".join(f"{v:.1f}" for v in r["recovered_shape"]["fwhm_mm"]),
          " ".join(f"{v:.2f}" for v in r["applied_shape"]["skewness"]), " ".join(f"{v:.2f}" for v in r["recovered_shape"]["skewness"])]
         for i, r in enumerate(pseudo_rows)
