@@ -44,12 +44,13 @@ class BundleCheckError(ValueError):
 
 
 def config_files_for(config: Path) -> list[str]:
-    """The files to parse for ``config``: itself, or, for an override (top-level ids with ``#``, like the Model
-    Zoo's ``multi_gpu_train.json``), the base config it extends (``train.json``, else ``inference.json``) and it."""
+    """The files to parse for ``config``: itself, or, for an override (a ``multi_gpu_*.json`` as in the Model Zoo, or
+    any config with top-level ids holding ``#``), the base config it extends (``train.json``, else
+    ``inference.json``) and it."""
     if config.suffix != ".json":
         return [str(config)]
     content = json.loads(config.read_text())
-    if isinstance(content, dict) and any("#" in key for key in content):
+    if config.name.startswith("multi_gpu_") or (isinstance(content, dict) and any("#" in key for key in content)):
         for name in ("train.json", "inference.json"):
             base = config.parent / name
             if base.is_file() and base != config:
