@@ -64,6 +64,8 @@ def test_discover_bundles_serves_every_complete_bundle(tmp_path):
     bundles = _load_app_module("bundles")
     found = bundles.discover_bundles(ROOT / "bundles")
     assert [b.name for b in found] == _servable_bundles()
+    # every bundle of the repository is served (each inference.json takes an input)
+    assert [b.name for b in found] == sorted(p.name for p in (ROOT / "bundles").iterdir() if (p / "configs").is_dir())
     ct = next(b for b in found if b.name == CT_BUNDLE.name)
     assert ct.version == json.loads((CT_BUNDLE / "configs" / "metadata.json").read_text())["version"]
     assert ct.input_id == "dataset_dir"
