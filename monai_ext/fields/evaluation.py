@@ -18,6 +18,7 @@ import torch
 
 from monai_ext.io import atomic_path, save_figure, save_json
 from monai_ext.metrics import psnr, ssim
+from monai_ext.workflows.comparison import hardware_name
 
 __all__ = ["PUBLISHED_CBCT_TABLE", "evaluate_cbct_methods", "cbct_markdown_table", "compare_cbct_methods"]
 
@@ -194,15 +195,13 @@ def compare_cbct_methods(
     table = cbct_markdown_table(results)
     published_views = int(n_views if published_views is None else published_views)
     published = _published_table(published_views)
-    import platform
-
     dev = torch.device(device or "cpu")
     summary = {
         "datasets": {d: {"cases": list(s.names), "i0": s.i0} for d, s in datasets.items()},
         "n_views": int(n_views),
         "published_views": published_views,
         "device": str(dev),
-        "hardware": hardware or (torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread(s)"),
+        "hardware": hardware or hardware_name(dev),
         "results": results,
         "markdown": table,
         "published_markdown": published,

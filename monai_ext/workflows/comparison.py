@@ -19,7 +19,7 @@ from monai_ext.metrics import psnr, ssim
 
 from .methods import count_parameters
 
-__all__ = ["reconstruct_all", "evaluate_methods", "compare_methods", "markdown_table", "noise_robustness", "plot_noise_robustness"]
+__all__ = ["reconstruct_all", "evaluate_methods", "compare_methods", "markdown_table", "noise_robustness", "plot_noise_robustness", "hardware_name"]
 
 _logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def compare_methods(
     summary = {
         "datasets": {d: {"cases": len(s.names)} for d, s in datasets.items()},
         "device": str(device or "cpu"),
-        "hardware": hardware or _hardware(device),
+        "hardware": hardware or hardware_name(device),
         "results": results,
         "markdown": table,
     }
@@ -167,7 +167,8 @@ def write_comparison(summary: dict, output_dir: str | Path) -> dict:
     return summary
 
 
-def _hardware(device) -> str:
+def hardware_name(device) -> str:
+    """What timings were measured on: the GPU's name, or the CPU architecture and torch's thread count."""
     import platform
 
     device = torch.device(device or "cpu")

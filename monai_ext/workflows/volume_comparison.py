@@ -18,7 +18,7 @@ import torch
 from monai_ext.io import save_figure
 from monai_ext.metrics import psnr, ssim
 
-from .comparison import _hardware, reconstruct_all, write_comparison
+from .comparison import hardware_name, reconstruct_all, write_comparison
 from .memory import measure_peak_memory
 from .methods import count_parameters
 from .reconstruction import orthogonal_slices
@@ -139,7 +139,7 @@ def compare_volume_methods(
     summary = {
         "datasets": {v: {s: len(d.names) for s, d in sets.items()} for v, sets in datasets.items()},
         "device": str(device or "cpu"),
-        "hardware": hardware or _hardware(device),
+        "hardware": hardware or hardware_name(device),
         "notes": dict(notes or {}),
         "results": results,
         "markdown": table,
