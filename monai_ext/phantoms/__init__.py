@@ -1,8 +1,9 @@
 """Phantoms: Shepp-Logan, random ellipses/ellipsoids and seeded thorax-like CBCT phantoms with exact line integrals; a
-Q3P-like PET sphere phantom."""
+Q3P-like PET sphere phantom; power-law Gaussian random volumes."""
 
 from .anatomy import MU_WATER, TISSUE_HU, hu_to_mu, mu_to_hu, thorax_phantom
 from .ellipsoids import Ellipsoid, EllipsoidPhantom, random_ellipsoids, shepp_logan
+from .random_fields import blurred_power_law_scan
 from .spheres import Q3P_DIAMETERS_MM, SpherePhantom, gaussian_kernel, sphere_phantom
 
 __all__ = [
@@ -19,4 +20,5 @@ __all__ = [
     "SpherePhantom",
     "sphere_phantom",
     "gaussian_kernel",
+    "blurred_power_law_scan",
 ]
