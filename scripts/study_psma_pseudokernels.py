@@ -82,7 +82,7 @@ def kernel_only_fit(image_2x: np.ndarray, measured: np.ndarray, spacing, config)
     return kernel[0, 0].numpy()
 
 
-def run_variant(name: str, overrides: dict, mode: str, only, threads: int, cache: Path) -> dict:
+def run_variant(name: str, overrides: dict, mode: str, only, threads: int, cache: Path, kernels_dir: Path | None = None) -> dict:
     from monai_ext.metrics.deconvolution import kernel_shape, kernel_similarity_matrix
     from monai_ext.pet.blind_deconvolution import blur_and_downsample
     from monai_ext.workflows.psma_deconvolution_evaluation import PSEUDOKERNELS, pseudokernel_test, skewed_kernel
@@ -95,7 +95,7 @@ def run_variant(name: str, overrides: dict, mode: str, only, threads: int, cache
     pseudokernels = [PSEUDOKERNELS[i - 1] for i in only] if only else list(PSEUDOKERNELS)
     start = time.perf_counter()
     if mode == "joint":
-        out = pseudokernel_test(x0, example.spacing, variant, pseudokernels)
+        out = pseudokernel_test(x0, example.spacing, variant, pseudokernels, output_dir=kernels_dir / name if kernels_dir else None)
     else:
         spacing_2x = tuple(s / 2 for s in example.spacing)
         applied, recovered = [], []
@@ -157,6 +157,7 @@ def main() -> None:
     parser.add_argument("--only", default="", help="pseudokernels to run, e.g. 1,4 (default all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report", action="store_true", help="print the stored results as one markdown table and exit")
+    parser.add_argument("--kernels_dir", default=None, help="joint mode: write applied/recovered kernels (NIfTI) and PNGs under <dir>/<variant>")
     parser.add_argument("--cache", default="bench_results/psma_deblurred_phantom.nii.gz", help="x0 (fitted once)")
     args = parser.parse_args()
     only = [int(v) for v in args.only.split(",") if v]
@@ -167,7 +168,8 @@ def main() -> None:
         return
     for spec in args.variant or ["baseline={}"]:
         name, _, overrides = spec.partition("=")
-        result = run_variant(name, json.loads(overrides or "{}"), args.mode, only, args.threads, Path(args.cache))
+        result = run_variant(name, json.loads(overrides or "{}"), args.mode, only, args.threads, Path(args.cache),
+                             Path(args.kernels_dir) if args.kernels_dir else None)
         print_table(result)
         previous["results"] = [r for r in previous["results"] if (r["variant"], r["mode"]) != (name, args.mode)] + [result]
         from monai_ext.io import save_json

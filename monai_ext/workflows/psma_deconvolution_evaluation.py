@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from monai_ext.io import save_json, save_png
+from monai_ext.io import save_json, save_nifti, save_png
 from monai_ext.metrics import psnr
 from monai_ext.metrics.brisque import brisque_score, load_brisque_model
 from monai_ext.metrics.deconvolution import kernel_shape, kernel_similarity_matrix, recovery_coefficients
@@ -90,7 +90,8 @@ def pseudokernel_test(image_2x, spacing, config: BlindDeconvolutionConfig, pseud
         config: deconvolution settings of the reruns.
         pseudokernels: dicts of ``skewed_kernel`` arguments (``fwhm_mm``, ``skew``).
         device: where to fit.
-        output_dir: where to write ``pseudokernel_<i>.png`` (applied above recovered; ``None``: no figures).
+        output_dir: where to write ``pseudokernel_<i>.png`` (applied above recovered) and both kernels as
+            ``pseudokernel_<i>_applied.nii.gz`` / ``_recovered.nii.gz`` (2x voxels; ``None``: nothing written).
 
     Returns:
         ``{"rows": [...], "similarity_matrix": S}`` with ``S[i][j]`` = recovered ``i`` vs applied ``j``.
@@ -119,6 +120,8 @@ def pseudokernel_test(image_2x, spacing, config: BlindDeconvolutionConfig, pseud
             panels = [(f"k*{i + 1} {name}", k_star.max(axis=a)) for a, name in ((0, "axial"), (1, "coronal"), (2, "sagittal"))]
             panels += [(f"k{i + 1} {name}", rerun.kernel.max(axis=a)) for a, name in ((0, "axial"), (1, "coronal"), (2, "sagittal"))]
             save_png(panels, Path(output_dir) / f"pseudokernel_{i + 1}.png", cmap="magma")
+            save_nifti(k_star, Path(output_dir) / f"pseudokernel_{i + 1}_applied.nii.gz", spacing=spacing_2x)
+            save_nifti(rerun.kernel, Path(output_dir) / f"pseudokernel_{i + 1}_recovered.nii.gz", spacing=spacing_2x)
     matrix = kernel_similarity_matrix(recovered, applied)
     # control: what a kernel that learnt nothing scores (the initial Gaussian, the resolution floor)
     controls = {"initial": config.initial_fwhm_mm} | ({"floor": config.min_fwhm_mm} if config.min_fwhm_mm is not None else {})
