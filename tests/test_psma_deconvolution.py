@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from monai_ext.io import load_nifti
 from monai_ext.io.pet_dicom import read_pet_series
 from monai_ext.metrics.deconvolution import kernel_similarity, recovery_coefficients
 from monai_ext.networks.blind_deconvolution import ImageGenerator, KernelGenerator
@@ -424,9 +425,6 @@ def test_pseudokernel_test_scores_each_recovered_kernel_against_every_applied_on
         assert set(row["null_similarity"]) == {"initial", "floor"} and len(row["kernel_history"]) >= 1
         assert len(row["applied_shape"]["fwhm_mm"]) == 3
     assert (tmp_path / "pseudokernel_2.png").is_file()
-    from monai_ext.io import load_nifti
-    from monai_ext.metrics.deconvolution import kernel_similarity
-
     for i in (1, 2):  # the kernels as written give back the scores
         applied, recovered = (load_nifti(tmp_path / f"pseudokernel_{i}_{kind}.nii.gz")[0] for kind in ("applied", "recovered"))
         assert kernel_similarity(recovered, applied) == pytest.approx(matrix[i - 1, i - 1], abs=1e-5)
