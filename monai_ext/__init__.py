@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 import importlib as _importlib
 
-_SUBPACKAGES = ("data", "deq", "fields", "io", "metrics", "networks", "pet", "phantoms", "solvers", "tomo", "transforms", "workflows")
+_SUBPACKAGES = ("data", "deq", "fields", "flags", "io", "metrics", "networks", "pet", "phantoms", "solvers", "tomo", "transforms", "workflows")
 
 
 def __getattr__(name: str):

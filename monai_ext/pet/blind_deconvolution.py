@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from monai_ext.flags import as_flag
 from monai_ext.networks.blind_deconvolution import ImageGenerator, KernelGenerator
 from monai_ext.phantoms.spheres import gaussian_kernel
 
@@ -335,6 +336,8 @@ class BlindDeconvolutionConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("image_input", "residual", "progress"):
+            object.__setattr__(self, name, as_flag(getattr(self, name), name))  # frozen dataclass
         if len(self.kernel_sizes) != len(self.iterations) or not self.kernel_sizes:
             raise ValueError(f"one iteration count per kernel size: {self.kernel_sizes} vs {self.iterations}.")
         if any(k % 2 == 0 or k < 1 for k in self.kernel_sizes) or list(self.kernel_sizes) != sorted(self.kernel_sizes):

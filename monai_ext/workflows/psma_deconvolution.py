@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from monai_ext.flags import as_flag
 from monai_ext.io import load_nifti, save_json, save_nifti, save_png
 from monai_ext.metrics import psnr, ssim
 from monai_ext.metrics.deconvolution import recovery_coefficients
@@ -221,6 +222,7 @@ def deblur_cases(cases: list[dict], config: BlindDeconvolutionConfig, output_dir
 
     ``dicom``: also write each 2x volume as a PET DICOM series (:func:`deblur_case`).
     """
+    dicom = as_flag(dicom, "dicom_output")
     start = time.perf_counter()
     entries = [deblur_case(case, config, output_dir, device, dicom) for case in cases]
     summary = {

@@ -1,0 +1,34 @@
+"""On/off settings from the command line: ``--flag false`` must mean false."""
+
+import numpy as np
+import pytest
+
+from monai_ext.flags import as_flag
+from monai_ext.pet.blind_deconvolution import BlindDeconvolutionConfig
+from monai_ext.workflows import config_content
+
+
+@pytest.mark.parametrize("value, expected", [(True, True), (False, False), (np.bool_(True), True), (1, True), (0, False),
+                                             ("false", False), ("False", False), (" TRUE ", True), ("no", False), ("on", True)])
+def test_as_flag_reads_the_usual_spellings(value, expected):
+    assert as_flag(value, "x") is expected
+
+
+@pytest.mark.parametrize("value", ["flase", "", 2, None, 0.5])
+def test_as_flag_names_the_setting_it_refuses(value):
+    with pytest.raises(ValueError, match="dicom_output must be true or false"):
+        as_flag(value, "dicom_output")
+
+
+def test_deconvolution_config_reads_command_line_strings():
+    # fire passes `--deconvolution#residual false` as the string "false", which is truthy in Python
+    config = BlindDeconvolutionConfig(residual="false", image_input="False", progress="true")
+    assert (config.residual, config.image_input, config.progress) == (False, False, True)
+    with pytest.raises(ValueError, match="residual"):
+        BlindDeconvolutionConfig(residual="nope")
+
+
+def test_neural_field_noise_free_false_string_keeps_the_noise():
+    config = "bundles/cbct_neural_field/configs/inference.json"
+    assert config_content(config, "scan_i0", bundle_root="bundles/cbct_neural_field", noise_free="false") == 100000.0
+    assert config_content(config, "scan_i0", bundle_root="bundles/cbct_neural_field", noise_free="true") is None
