@@ -386,6 +386,21 @@ def test_steps_scale_of_the_inference_config():
     assert config.iterations == (5, 5, 25) and config.pretrain_steps == 12
 
 
+@pytest.mark.parametrize("entry", ["inference.json", "evaluate.json"])
+def test_paper_schedule_and_scale_layer_on_the_quick_configs(entry):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / name) for name in (entry, "paper_schedule.json", "paper_scale.json")])
+    parser["bundle_root"] = str(BUNDLE)
+    parser["steps_scale"] = 0.1
+    config = parser.get_parsed_content("deconvolution")
+    assert not config.residual and not config.image_input
+    assert tuple(config.kernel_sizes) == (7, 11, 15) and config.iterations == (100, 100, 500) and config.pretrain_steps == 30
+    assert tuple(config.channels) == (16, 32, 64) and config.lr_image == 0.005  # the rest stays as in the entry config
+    assert parser.get_parsed_content("example").measured.shape == (24, 48, 48)
+
+
 def test_kernel_estimation_with_the_image_known_identifies_anisotropic_kernels():
     """Gk + floor + the loss, fitted with x fixed (the warm-up / non-blind part): each kernel is closest to its own."""
     from monai_ext.metrics.deconvolution import kernel_similarity_matrix
@@ -409,6 +424,22 @@ def test_kernel_estimation_with_the_image_known_identifies_anisotropic_kernels()
     matrix = kernel_similarity_matrix(recovered, applied)
     assert np.all(np.argmax(matrix, axis=1) == np.arange(3)), matrix
     assert np.diag(matrix).min() > 0.9, matrix
+
+
+def test_evaluation_without_pseudokernels_scores_the_fit_only(tmp_path):
+    import json
+
+    from monai_ext.workflows.psma_deconvolution_evaluation import evaluate_psma_deconvolution
+
+    phantom = sphere_phantom(shape=(6, 16, 16), ring_radius=12.0, cylinder_radius=18.0, diameters=(8.0, 6.0))
+    config = BlindDeconvolutionConfig(kernel_sizes=(5,), iterations=(2,), pretrain_steps=1, channels=(4,), kernel_hidden=50, progress=False)
+    models = BUNDLE / "models"
+    report = evaluate_psma_deconvolution(phantom, config, tmp_path, str(models / "brisque_svr.txt"), str(models / "brisque_feature_range.json"), pseudokernels=[])
+    assert report["pseudokernels"] == [] and not list(tmp_path.glob("pseudokernel_*"))
+    assert set(report["recovery_coefficients"]) == {"deblurred", "nearest", "linear", "quadratic", "cubic"}
+    assert len(report["recovery_coefficients"]["cubic"]) == 2 and "deblurred" in report["brisque"]
+    assert json.loads((tmp_path / "evaluation.json").read_text())["psnr_db"] == report["psnr_db"]
+    assert "not run" in (tmp_path / "evaluation.md").read_text()
 
 
 def test_pseudokernel_test_scores_each_recovered_kernel_against_every_applied_one(tmp_path):

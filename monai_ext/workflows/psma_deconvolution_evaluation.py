@@ -152,7 +152,7 @@ def evaluate_psma_deconvolution(
         config: deconvolution settings.
         output_dir: destination.
         brisque_svm, brisque_range: the BRISQUE model files (``monai_ext.metrics.brisque``).
-        pseudokernels: dicts of ``skewed_kernel`` arguments (``fwhm_mm``, ``skew``).
+        pseudokernels: dicts of ``skewed_kernel`` arguments (``fwhm_mm``, ``skew``); empty: no pseudokernel test.
         pseudokernel_iterations: per-stage iterations of the pseudokernel reruns (default: ``config.iterations``).
         device: where to fit.
     """
@@ -170,9 +170,9 @@ def evaluate_psma_deconvolution(
         "true_psf_fwhm_mm": list(example.psf_fwhm),
     }
 
-    # pseudokernel test
+    # pseudokernel test (an empty list skips it: four more fits)
     pk_config = replace(config, iterations=tuple(pseudokernel_iterations)) if pseudokernel_iterations else config
-    pseudo = pseudokernel_test(result.image, example.spacing, pk_config, pseudokernels, device, output_dir)
+    pseudo = pseudokernel_test(result.image, example.spacing, pk_config, pseudokernels, device, output_dir) if pseudokernels else {"rows": [], "similarity_matrix": []}
     report["pseudokernels"] = pseudo["rows"]
     report["pseudokernel_similarity_matrix"] = pseudo["similarity_matrix"]
     pseudo_rows = pseudo["rows"]
@@ -194,7 +194,7 @@ def evaluate_psma_deconvolution(
     md.append(_table(["sphere (mm)", *methods], [[f"{d:g}", *[rc[m][i] for m in methods]] for i, d in enumerate(example.diameters)]))
     md += ["", _table(["PSNR vs 2x truth (dB)", *methods], [["", *[psnrs[m] for m in methods]]])]
     md += ["", "## Pseudokernels (dot product of normalised kernels)", ""]
-    md.append(_table(["#", "FWHM, skew (parameters, z y x)", "similarity to own k*", "best to another k*", "identified", "fixed initial Gaussian",
+    md.append("not run (`pseudokernels` is empty)" if not pseudo_rows else _table(["#", "FWHM, skew (parameters, z y x)", "similarity to own k*", "best to another k*", "identified", "fixed initial Gaussian",
                       "applied FWHM (mm, z y x)", "recovered FWHM (mm, z y x)", "applied skewness", "recovered skewness"], [
         [i + 1, " ".join(f"{v:g}" for v in r["fwhm_mm"]) + ", " + " ".join(f"{v:g}" for v in r["skew"]), r["similarity"],
          r["best_other_similarity"], "yes" if r["identified"] else "no", r["null_similarity"]["initial"],
