@@ -28,7 +28,14 @@ def test_deconvolution_config_reads_command_line_strings():
         BlindDeconvolutionConfig(residual="nope")
 
 
-def test_neural_field_noise_free_false_string_keeps_the_noise():
-    config = "bundles/cbct_neural_field/configs/inference.json"
-    assert config_content(config, "scan_i0", bundle_root="bundles/cbct_neural_field", noise_free="false") == 100000.0
-    assert config_content(config, "scan_i0", bundle_root="bundles/cbct_neural_field", noise_free="true") is None
+NOISE_FREE_CONFIGS = [f"bundles/{b}/configs/{c}.json" for b, cs in {
+    "cbct_neural_field": ("inference", "train"), "cbct_learned_primal_dual": ("inference", "train"),
+    "ct_learned_reconstruction": ("inference", "train", "tune")}.items() for c in cs]
+
+
+@pytest.mark.parametrize("config", NOISE_FREE_CONFIGS)
+def test_noise_free_false_string_keeps_the_noise(config):
+    root = config.rsplit("/configs/", 1)[0]
+    noisy = config_content(config, "scan_i0", bundle_root=root, noise_free="false")
+    assert noisy is not None and noisy == config_content(config, "i0", bundle_root=root)
+    assert config_content(config, "scan_i0", bundle_root=root, noise_free="true") is None
