@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -427,8 +428,6 @@ def test_kernel_estimation_with_the_image_known_identifies_anisotropic_kernels()
 
 
 def test_evaluation_without_pseudokernels_scores_the_fit_only(tmp_path):
-    import json
-
     from monai_ext.workflows.psma_deconvolution_evaluation import evaluate_psma_deconvolution
 
     phantom = sphere_phantom(shape=(6, 16, 16), ring_radius=12.0, cylinder_radius=18.0, diameters=(8.0, 6.0))
