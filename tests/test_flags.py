@@ -1,5 +1,7 @@
 """On/off settings from the command line: ``--flag false`` must mean false."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -28,6 +30,7 @@ def test_deconvolution_config_reads_command_line_strings():
         BlindDeconvolutionConfig(residual="nope")
 
 
+ROOT = Path(__file__).resolve().parents[1]
 NOISE_FREE_CONFIGS = [f"bundles/{b}/configs/{c}.json" for b, cs in {
     "cbct_neural_field": ("inference", "train"), "cbct_learned_primal_dual": ("inference", "train"),
     "ct_learned_reconstruction": ("inference", "train", "tune")}.items() for c in cs]
@@ -35,7 +38,8 @@ NOISE_FREE_CONFIGS = [f"bundles/{b}/configs/{c}.json" for b, cs in {
 
 @pytest.mark.parametrize("config", NOISE_FREE_CONFIGS)
 def test_noise_free_false_string_keeps_the_noise(config):
-    root = config.rsplit("/configs/", 1)[0]
+    root = str(ROOT / config.rsplit("/configs/", 1)[0])
+    config = str(ROOT / config)
     noisy = config_content(config, "scan_i0", bundle_root=root, noise_free="false")
     assert noisy is not None and noisy == config_content(config, "i0", bundle_root=root)
     assert config_content(config, "scan_i0", bundle_root=root, noise_free="true") is None
