@@ -12,6 +12,7 @@ References:
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -19,8 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from .geometry import ConeBeamGeometry, FanBeamGeometry, ParallelBeamGeometry
+from .projectors import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["FILTERS", "ramp_filter", "filter_projections", "parker_weights", "fbp", "fdk", "FBP"]
+
+logger = logging.getLogger(__name__)
 
 FILTERS = ("ramp", "shepp-logan", "cosine", "hann")
 _VIEW_BUDGET = 2**20  # backprojection grid points per chunk of views
@@ -89,24 +93,40 @@ def _detector_grid(pos: torch.Tensor, n: int, spacing: float, offset: float, ove
     return (2 * idx + 1) / (n * oversample) - 1
 
 
-def _angular_weights(angles: tuple[float, ...], full_turn_halves: bool) -> torch.Tensor:
-    """Quadrature weight of each view: half the distance to its neighbours (sorted), halved for a full turn."""
+def _angular_weights(angles: tuple[float, ...], period: float) -> torch.Tensor:
+    """Quadrature weight of each view for an integral over angles of period ``period``.
+
+    The angles are taken modulo ``period`` (``pi`` for parallel beam, where ``theta`` and ``theta + pi`` are the
+    same line; ``2 pi`` for a full divergent scan) and sorted on that circle; each view gets half of the gaps to
+    its two neighbours, the first and last included across the wrap-around. The weights sum to ``period`` for any
+    angle set (random, incomplete, repeated), so a missing view widens its neighbours' share instead of scaling
+    the image.
+    """
+    a = np.mod(np.asarray(angles, dtype=np.float64), period)
+    if a.size == 1:
+        return torch.tensor([period], dtype=torch.float64)
+    order = np.argsort(a, kind="stable")
+    s = a[order]
+    gaps = np.diff(np.concatenate([s, [s[0] + period]]))  # gap after each sorted view, the last across the wrap
+    w_sorted = 0.5 * (gaps + np.roll(gaps, 1))
+    w = np.empty_like(w_sorted)
+    w[order] = w_sorted
+    return torch.as_tensor(w)
+
+
+def _short_scan_weights(angles: tuple[float, ...]) -> torch.Tensor:
+    """Quadrature weights of an open arc (short scan, before Parker weighting): each view half of its gaps, the
+    two end views one whole gap (the arc's ends belong to them)."""
     a = np.asarray(angles, dtype=np.float64)
     if a.size == 1:
         return torch.tensor([math.pi], dtype=torch.float64)
-    order = np.argsort(a)
-    s = a[order]
-    gaps = np.diff(s)
-    span = s[-1] - s[0] + np.median(gaps)
-    w_sorted = np.empty_like(s)
+    order = np.argsort(a, kind="stable")
+    gaps = np.diff(a[order])
+    w_sorted = np.empty(a.size)
     w_sorted[1:-1] = 0.5 * (gaps[:-1] + gaps[1:])
     w_sorted[0], w_sorted[-1] = gaps[0], gaps[-1]
-    if abs(span - 2 * math.pi) < 1e-3 * 2 * math.pi:  # uniform over a full turn: wrap-around neighbours
-        w_sorted[0] = w_sorted[-1] = 0.5 * (gaps[0] + gaps[-1])
     w = np.empty_like(w_sorted)
     w[order] = w_sorted
-    if full_turn_halves and span > 1.5 * math.pi:
-        w = w * (math.pi / span)  # every line measured twice over 2 pi (or proportionally for over-scans)
     return torch.as_tensor(w)
 
 
@@ -133,16 +153,27 @@ def parker_weights(angles: tuple[float, ...], u: torch.Tensor, source_to_detecto
     return w.clamp(0.0, 1.0)
 
 
-def _is_short_scan(angles: tuple[float, ...]) -> bool:
-    a = np.sort(np.asarray(angles))
+def _circular_gaps(angles: tuple[float, ...], period: float) -> np.ndarray:
+    """Gaps between neighbouring angles on the circle of length ``period``, sorted in decreasing order."""
+    a = np.sort(np.mod(np.asarray(angles, dtype=np.float64), period))
     if a.size < 2:
+        return np.array([period])
+    return np.sort(np.diff(np.concatenate([a, [a[0] + period]])))[::-1]
+
+
+def _is_short_scan(angles: tuple[float, ...]) -> bool:
+    """A divergent scan is a short scan (one arc, Parker-weighted) when one unmeasured arc stands out: wider than
+    30 degrees and more than three times the next widest gap. Views around the full turn, uniform, random or
+    with a few missing, have no such single gap (their largest gaps are of one size)."""
+    gaps = _circular_gaps(angles, 2 * math.pi)
+    if gaps.size < 2:
         return False
-    return (a[-1] - a[0] + np.median(np.diff(a))) < 2 * math.pi * (1 - 1e-3)
+    return bool(gaps[0] > math.pi / 6 and gaps[0] > 3.0 * gaps[1])
 
 
 def _fbp_parallel(sino: torch.Tensor, geom: ParallelBeamGeometry, window: str, oversample: int) -> torch.Tensor:
     q = filter_projections(sino, geom.det_spacing, window, oversample)
-    weights = _angular_weights(geom.angles, full_turn_halves=True).to(q)
+    weights = _angular_weights(geom.angles, math.pi).to(q)
     theta = torch.tensor(geom.angles, dtype=q.dtype, device=q.device)
     (ny, nx), (dy, dx), n_det = geom.image_shape, geom.pixel_size, geom.n_det
     b, c, n_views = q.shape[:3]
@@ -165,8 +196,14 @@ def _fbp_parallel(sino: torch.Tensor, geom: ParallelBeamGeometry, window: str, o
     return out.reshape(b, c, ny, nx)
 
 
-def _fdk_divergent(proj: torch.Tensor, geom, window: str, short_scan: bool | None, oversample: int) -> torch.Tensor:
-    """FDK on projections ``(B, C, views, rows, cols)``; fan beam is the one-row, one-slice case."""
+def _fdk_divergent(
+    proj: torch.Tensor, geom, window: str, short_scan: bool | None, oversample: int, memory_budget: int = DEFAULT_MEMORY_BUDGET
+) -> torch.Tensor:
+    """FDK on projections ``(B, C, views, rows, cols)``; fan beam is the one-row, one-slice case.
+
+    Works within ``memory_budget`` bytes beyond the input and the output: views are weighted and filtered chunk by
+    chunk, and each chunk is backprojected slab by slab of z planes.
+    """
     cone = isinstance(geom, ConeBeamGeometry)
     sod, sdd = geom.source_to_center, geom.source_to_detector
     if cone:
@@ -181,42 +218,72 @@ def _fdk_divergent(proj: torch.Tensor, geom, window: str, short_scan: bool | Non
     v = (torch.arange(n_rows, dtype=dtype, device=device) - 0.5 * (n_rows - 1)) * dv + ov if cone else u.new_zeros(1)
     # cosine pre-weighting, then the ramp along columns on the virtual detector through the axis
     pre = sdd / torch.sqrt(sdd**2 + u[None, :] ** 2 + v[:, None] ** 2)
-    p = proj * pre
     if short_scan is None:
         short_scan = _is_short_scan(geom.angles)
+        if short_scan:
+            gap = _circular_gaps(geom.angles, 2 * math.pi)[0]
+            logger.info(
+                "angles cover %.1f degrees (largest unmeasured arc %.1f): short scan, Parker weights applied "
+                "(pass short_scan=False to forbid).",
+                math.degrees(2 * math.pi - gap),
+                math.degrees(gap),
+            )
+    redundancy = None
     if short_scan:
         # Parker's gamma grows against our direction of rotation: column u has gamma = -atan(u / sdd)
         redundancy = parker_weights(geom.angles, -u.cpu(), sdd).to(proj)  # (views, cols)
-        p = p * redundancy[:, None, :]
-        view_w = _angular_weights(geom.angles, full_turn_halves=False).to(proj)
+        view_w = _short_scan_weights(geom.angles).to(proj)
     else:
-        view_w = _angular_weights(geom.angles, full_turn_halves=True).to(proj)
-    q = filter_projections(p, du * sod / sdd, window, oversample)
-    b, c, n_views = q.shape[:3]
-    views = q.permute(2, 0, 1, 3, 4).reshape(n_views, b * c, n_rows, q.shape[-1])
+        view_w = 0.5 * _angular_weights(geom.angles, 2 * math.pi).to(proj)  # each line measured twice
+    b, c, n_views = proj.shape[:3]
+    bc, item = b * c, proj.element_size()
     theta = torch.tensor(geom.angles, dtype=dtype, device=device)
     xs = (torch.arange(nx, dtype=dtype, device=device) - 0.5 * (nx - 1)) * dx
     ys = (torch.arange(ny, dtype=dtype, device=device) - 0.5 * (ny - 1)) * dy
     zs = (torch.arange(nz, dtype=dtype, device=device) - 0.5 * (nz - 1)) * dz if cone else xs.new_zeros(1)
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     xx, yy = xx.reshape(1, 1, -1), yy.reshape(1, 1, -1)
-    zz = zs.reshape(1, -1, 1)
-    out = q.new_zeros(b * c, nz, ny * nx)
-    step = max(1, _VIEW_BUDGET // (nz * ny * nx))
-    buffer = q.new_zeros(min(step, n_views), nz, ny * nx, 2)
-    for s in range(0, n_views, step):
-        th = theta[s : s + step, None, None]
-        grid = buffer[: th.shape[0]]
-        cos, sin = torch.cos(th), torch.sin(th)
-        along = -xx * sin + yy * cos  # x . e_d, (v, 1, nxy)
-        across = xx * cos + yy * sin  # x . e_u
-        mag = sdd / (sod + along)
-        grid[..., 0] = _detector_grid(across * mag, n_cols, du, ou, oversample)
-        if cone:
-            grid[..., 1] = _detector_grid(zz * mag, n_rows, dv, ov, 1)
-        vals = F.grid_sample(views[s : s + step], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        weight = (sod / (sod + along)) ** 2 * view_w[s : s + step, None, None]  # (v, 1, nxy)
-        out += torch.einsum("vczn,vn->czn", vals, weight[:, 0])
+    n_xy = ny * nx
+    out = proj.new_zeros(bc, nz, n_xy)
+    # views filtered at once: their padded complex spectra (~8x the chunk) within a quarter of the budget
+    n_pad = 2 * max(64, int(2 ** math.ceil(math.log2(2 * n_cols)))) * int(oversample)
+    per_view = bc * n_rows * (n_pad * 2 * item + n_cols * item * (2 + int(oversample)))
+    filter_step = max(1, min(n_views, (memory_budget // 4) // max(1, per_view)))
+    # backprojection: coordinates (2 values), samples (one per channel) and their weighted sum per point, in half
+    # the budget; several views at once while they and the whole volume make at most 2^20 points, else one view
+    # and slabs of z planes
+    per_point = item * (4 + 2 * bc)
+    step = max(1, min(filter_step, _VIEW_BUDGET // (nz * n_xy), (memory_budget // 2) // max(1, nz * n_xy * per_point)))
+    slab = max(1, min(nz, (memory_budget // 2) // max(1, step * n_xy * per_point)))
+    buffer = proj.new_zeros(step * slab * n_xy * 2)  # reused: fresh large allocations cost page faults
+    for f in range(0, n_views, filter_step):
+        chunk = slice(f, min(n_views, f + filter_step))
+        p = proj[:, :, chunk] * pre
+        if redundancy is not None:
+            p = p * redundancy[chunk, None, :]
+        q = filter_projections(p, du * sod / sdd, window, oversample)
+        del p
+        filtered = q.permute(2, 0, 1, 3, 4).reshape(q.shape[2], bc, n_rows, q.shape[-1])
+        del q
+        for s in range(0, filtered.shape[0], step):
+            views = filtered[s : s + step]
+            n_v, first = views.shape[0], f + s
+            th = theta[first : first + n_v, None, None]
+            cos, sin = torch.cos(th), torch.sin(th)
+            along = -xx * sin + yy * cos  # x . e_d, (v, 1, nxy)
+            across = xx * cos + yy * sin  # x . e_u
+            mag = sdd / (sod + along)
+            col = _detector_grid(across * mag, n_cols, du, ou, oversample)  # (v, 1, nxy)
+            weight = ((sod / (sod + along)) ** 2 * view_w[first : first + n_v, None, None])[:, 0]  # (v, nxy)
+            for z0 in range(0, nz, slab):
+                z1 = min(nz, z0 + slab)
+                grid = buffer[: n_v * (z1 - z0) * n_xy * 2].view(n_v, z1 - z0, n_xy, 2)
+                grid[..., 0] = col
+                if cone:
+                    grid[..., 1] = _detector_grid(zs[z0:z1].reshape(1, -1, 1) * mag, n_rows, dv, ov, 1)
+                vals = F.grid_sample(views, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+                out[:, z0:z1] += torch.einsum("vczn,vn->czn", vals, weight)
+                del vals
     shape = (nz, ny, nx) if cone else (ny, nx)
     return out.reshape(b, c, *shape)
 
@@ -236,6 +303,7 @@ def fbp(
     window: str = "ramp",
     short_scan: bool | None = None,
     oversample: int = 1,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> torch.Tensor:
     """Filtered backprojection of ``(B, C, n_angles, n_det)`` sinograms; returns ``(B, C, ny, nx)``.
 
@@ -250,12 +318,19 @@ def fbp(
         short_scan: force (True) or forbid (False) Parker weighting for fan beam; ``None`` decides from the angles.
         oversample: filtered projections are interpolated on a grid this many times finer than the detector
             before the (linear) backprojection lookup.
+        memory_budget: bytes of working memory beyond the input and output (fan beam: views are filtered and
+            backprojected in chunks that fit it).
+
+    The views' quadrature weights hold for any angle set: parallel-beam angles are taken modulo pi (theta and
+    theta + pi are one line) and a full fan-beam scan's modulo 2 pi, each view weighted by half the gaps to its
+    neighbours on that circle, so the weights sum to pi (2 pi, halved, for a full fan scan) whether the angles
+    are uniform, random or incomplete.
     """
     _check_projections(sinogram, geom)
     if isinstance(geom, ParallelBeamGeometry):
         return _fbp_parallel(sinogram, geom, window, oversample)
     if isinstance(geom, FanBeamGeometry):
-        return _fdk_divergent(sinogram[:, :, :, None, :], geom, window, short_scan, oversample)
+        return _fdk_divergent(sinogram[:, :, :, None, :], geom, window, short_scan, oversample, memory_budget)
     raise TypeError(f"fbp needs a ParallelBeamGeometry or FanBeamGeometry, got {type(geom).__name__}; use fdk for cone beam.")
 
 
@@ -265,17 +340,20 @@ def fdk(
     window: str = "ramp",
     short_scan: bool | None = None,
     oversample: int = 1,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> torch.Tensor:
     """FDK reconstruction of ``(B, C, n_angles, rows, cols)`` cone-beam projections; returns ``(B, C, nz, ny, nx)``.
 
     Cosine pre-weighting, ramp filtering along detector rows on the virtual detector through the axis, and
     voxel-driven backprojection with the ``(sod / (sod + x . e_d))^2`` distance weight; Parker weights for a short
-    scan (e.g. 205 degrees).
+    scan (e.g. 205 degrees; ``short_scan=None`` decides from the angles, and says so in the log). Views are
+    filtered and backprojected in chunks of views and z slabs that fit ``memory_budget`` bytes beyond the input
+    and the output.
     """
     if not isinstance(geom, ConeBeamGeometry):
         raise TypeError(f"fdk needs a ConeBeamGeometry, got {type(geom).__name__}.")
     _check_projections(projections, geom)
-    return _fdk_divergent(projections, geom, window, short_scan, oversample)
+    return _fdk_divergent(projections, geom, window, short_scan, oversample, memory_budget)
 
 
 class FBP(torch.nn.Module):

@@ -3,9 +3,13 @@
 The same discrete operator as the device-generic ``grid_sample`` path in ``projectors.py``: each ray is sampled
 once per image plane perpendicular to its driving axis (the axis with the largest ``|direction| / pixel size``),
 with linear (2D) or bilinear (3D) interpolation inside the plane and zero outside the image, and the sum is
-weighted by the ray length per plane. The adjoint scatters with the same weights into one image per thread
-(rays are split between threads, so there are no races), and the copies are summed: the exact transpose. In 2D the
-rays driven by y scatter into a transposed copy, so that both kinds of rays write to consecutive addresses.
+weighted by the ray length per plane. The adjoint scatters with the same weights, the exact transpose. In 2D
+the rays are split between threads, each scattering into its own image copy, and the copies are summed; the rays
+driven by y scatter into a transposed copy, so that both kinds of rays write to consecutive addresses. In 3D each
+task owns a slab of z planes and scatters the samples of every ray that fall in it, so the volume is never copied.
+
+Both 3D kernels split each ray into the planes where all four bilinear neighbours lie inside the volume, walked
+by a branch-free loop, and the few planes at the volume's edges, walked with bounds checks.
 """
 
 from __future__ import annotations
@@ -113,8 +117,56 @@ if HAS_NUMBA:
     def _minor_axes(a):
         return (1, 2) if a == 0 else ((0, 2) if a == 1 else (0, 1))
 
+    @njit(**_JIT)
+    def _window(q0, dq, lo, hi, k0, k1):
+        """Narrow ``[k0, k1)`` to the planes where ``lo <= q0 + k dq < hi``, widened by two planes at each end
+        (callers check each sample of the margin)."""
+        if dq == 0.0:
+            return (k0, k1) if lo <= q0 < hi else (k0, k0)
+        t0, t1 = (lo - q0) / dq, (hi - q0) / dq
+        if t0 > t1:
+            t0, t1 = t1, t0
+        t0, t1 = max(t0, k0 - 4.0), min(t1, k1 + 4.0)  # clamp before int(): a near-zero dq gives huge values
+        a, b = max(k0, int(math.floor(t0)) - 2), min(k1, int(math.ceil(t1)) + 2)
+        return (a, b) if a < b else (k0, k0)
+
+    @njit(**_JIT)
+    def _inner(q0, dq, lo, hi, k0, k1):
+        """A sub-range of ``[k0, k1)`` on which surely ``lo <= q0 + k dq < hi`` (shrunk by one plane at each end
+        against rounding), or an empty range at ``k0``."""
+        if dq == 0.0:
+            return (k0, k1) if lo + 1e-9 <= q0 < hi - 1e-9 else (k0, k0)
+        t0, t1 = (lo - q0) / dq, (hi - q0) / dq
+        if t0 > t1:
+            t0, t1 = t1, t0
+        t0, t1 = max(t0, k0 - 4.0), min(t1, k1 + 4.0)
+        a, b = max(k0, int(math.ceil(t0)) + 1), min(k1, int(math.floor(t1)) - 1)
+        return (a, b) if a < b else (k0, k0)
+
+    @njit(**_JIT)
+    def _sample(img, k, qb, qc, nb, nc, sa, sb, sc):
+        """Bilinear sample of plane ``k`` at minor indices ``(qb, qc)``, zero outside the image."""
+        ib, ic = int(math.floor(qb)), int(math.floor(qc))
+        if ib < -1 or ib >= nb or ic < -1 or ic >= nc:
+            return 0.0
+        fb, fc = qb - ib, qc - ic
+        base = k * sa + ib * sb + ic * sc
+        lo_b, hi_b, lo_c, hi_c = ib >= 0, ib + 1 < nb, ic >= 0, ic + 1 < nc
+        acc = 0.0
+        if lo_b and lo_c:
+            acc += (1.0 - fb) * (1.0 - fc) * img[base]
+        if lo_b and hi_c:
+            acc += (1.0 - fb) * fc * img[base + sc]
+        if hi_b and lo_c:
+            acc += fb * (1.0 - fc) * img[base + sb]
+        if hi_b and hi_c:
+            acc += fb * fc * img[base + sb + sc]
+        return acc
+
     @njit(parallel=True, **_JIT)
     def _forward_3d(image, origins, dirs, shape, spacing, strides, out):
+        # per ray: the planes where both bilinear neighbours lie inside the image take a branch-free loop, the
+        # few planes at the image's edges the checked one
         n_rays = origins.shape[0]
         for ch in range(image.shape[0]):
             img, res = image[ch], out[ch]
@@ -127,58 +179,91 @@ if HAS_NUMBA:
                 qc0, dqc = _minor_line(origins, dirs, r, a, c, inv, shape, spacing)
                 k_lo, k_hi = _plane_range(qb0, dqb, nb, 0, na)
                 k_lo, k_hi = _plane_range(qc0, dqc, nc, k_lo, k_hi)
+                f0, f1 = _inner(qb0, dqb, 0.0, nb - 1.0, k_lo, k_hi)
+                f0, f1 = _inner(qc0, dqc, 0.0, nc - 1.0, f0, f1)
+                if f0 == f1:
+                    f0 = f1 = k_lo
                 acc = 0.0
-                for k in range(k_lo, k_hi):
+                for k in range(k_lo, f0):
+                    acc += _sample(img, k, qb0 + k * dqb, qc0 + k * dqc, nb, nc, sa, sb, sc)
+                for k in range(f0, f1):
                     qb, qc = qb0 + k * dqb, qc0 + k * dqc
-                    ib, ic = int(math.floor(qb)), int(math.floor(qc))
+                    ib, ic = int(qb), int(qc)
                     fb, fc = qb - ib, qc - ic
-                    if ib < -1 or ib >= nb or ic < -1 or ic >= nc:
-                        continue
                     base = k * sa + ib * sb + ic * sc
-                    lo_b, hi_b, lo_c, hi_c = ib >= 0, ib + 1 < nb, ic >= 0, ic + 1 < nc
-                    if lo_b and lo_c:
-                        acc += (1.0 - fb) * (1.0 - fc) * img[base]
-                    if lo_b and hi_c:
-                        acc += (1.0 - fb) * fc * img[base + sc]
-                    if hi_b and lo_c:
-                        acc += fb * (1.0 - fc) * img[base + sb]
-                    if hi_b and hi_c:
-                        acc += fb * fc * img[base + sb + sc]
+                    v0 = img[base] + fc * (img[base + sc] - img[base])
+                    v1 = img[base + sb] + fc * (img[base + sb + sc] - img[base + sb])
+                    acc += v0 + fb * (v1 - v0)
+                for k in range(f1, k_hi):
+                    acc += _sample(img, k, qb0 + k * dqb, qc0 + k * dqc, nb, nc, sa, sb, sc)
                 res[r] = weight * acc
 
+    @njit(**_JIT)
+    def _scatter(img, k, qb, qc, w, nb, c_lo, c_hi, sa, sb, sc):
+        """Transpose of :func:`_sample`, writing only voxels whose minor index ``c`` lies in ``[c_lo, c_hi)``."""
+        ib, ic = int(math.floor(qb)), int(math.floor(qc))
+        if ib < -1 or ib >= nb or ic < c_lo - 1 or ic >= c_hi:
+            return
+        fb, fc = qb - ib, qc - ic
+        base = k * sa + ib * sb + ic * sc
+        lo_b, hi_b, lo_c, hi_c = ib >= 0, ib + 1 < nb, ic >= c_lo, ic + 1 < c_hi
+        if lo_b and lo_c:
+            img[base] += w * (1.0 - fb) * (1.0 - fc)
+        if lo_b and hi_c:
+            img[base + sc] += w * (1.0 - fb) * fc
+        if hi_b and lo_c:
+            img[base + sb] += w * fb * (1.0 - fc)
+        if hi_b and hi_c:
+            img[base + sb + sc] += w * fb * fc
+
     @njit(parallel=True, **_JIT)
-    def _adjoint_3d(proj, origins, dirs, shape, spacing, strides, out):
-        n_rays, n_threads = origins.shape[0], out.shape[0]
-        chunk = (n_rays + n_threads - 1) // n_threads
+    def _adjoint_3d(proj, origins, dirs, shape, spacing, strides, out, n_slabs):
+        # each task owns a slab of z planes and scatters every ray's samples that land in it: no two tasks write
+        # one voxel, so the result needs no per-thread copies of the volume (memory stays at the output's size)
+        n_rays, nz = origins.shape[0], shape[2]
         for ch in range(proj.shape[0]):
-            for th in prange(n_threads):
-                img, p = out[th, ch], proj[ch]
-                for r in range(th * chunk, min(n_rays, (th + 1) * chunk)):
+            img, p = out[ch], proj[ch]
+            for s in prange(n_slabs):
+                z_lo, z_hi = s * nz // n_slabs, (s + 1) * nz // n_slabs
+                for r in range(n_rays):
+                    if p[r] == 0.0:
+                        continue
                     a, weight, inv = _ray_setup(origins, dirs, r, shape, spacing)
-                    b, c = _minor_axes(a)
+                    b, c = _minor_axes(a)  # c is z unless z drives the ray
                     na, nb, nc = shape[a], shape[b], shape[c]
                     sa, sb, sc = strides[a], strides[b], strides[c]
                     qb0, dqb = _minor_line(origins, dirs, r, a, b, inv, shape, spacing)
                     qc0, dqc = _minor_line(origins, dirs, r, a, c, inv, shape, spacing)
                     k_lo, k_hi = _plane_range(qb0, dqb, nb, 0, na)
                     k_lo, k_hi = _plane_range(qc0, dqc, nc, k_lo, k_hi)
+                    if a == 2:  # planes are z slices: keep this slab's
+                        k_lo, k_hi = max(k_lo, z_lo), min(k_hi, z_hi)
+                        c_lo, c_hi = 0, nc
+                    else:  # samples whose z neighbours touch [z_lo, z_hi)
+                        k_lo, k_hi = _window(qc0, dqc, z_lo - 1.0, z_hi * 1.0, k_lo, k_hi)
+                        c_lo, c_hi = z_lo, z_hi
+                    if k_lo >= k_hi:
+                        continue
+                    f0, f1 = _inner(qb0, dqb, 0.0, nb - 1.0, k_lo, k_hi)
+                    f0, f1 = _inner(qc0, dqc, c_lo * 1.0, c_hi - 1.0, f0, f1)
+                    if f0 == f1:
+                        f0 = f1 = k_lo
                     w = weight * p[r]
-                    for k in range(k_lo, k_hi):
+                    for k in range(k_lo, f0):
+                        _scatter(img, k, qb0 + k * dqb, qc0 + k * dqc, w, nb, c_lo, c_hi, sa, sb, sc)
+                    for k in range(f0, f1):
                         qb, qc = qb0 + k * dqb, qc0 + k * dqc
-                        ib, ic = int(math.floor(qb)), int(math.floor(qc))
+                        ib, ic = int(qb), int(qc)
                         fb, fc = qb - ib, qc - ic
-                        if ib < -1 or ib >= nb or ic < -1 or ic >= nc:
-                            continue
                         base = k * sa + ib * sb + ic * sc
-                        lo_b, hi_b, lo_c, hi_c = ib >= 0, ib + 1 < nb, ic >= 0, ic + 1 < nc
-                        if lo_b and lo_c:
-                            img[base] += w * (1.0 - fb) * (1.0 - fc)
-                        if lo_b and hi_c:
-                            img[base + sc] += w * (1.0 - fb) * fc
-                        if hi_b and lo_c:
-                            img[base + sb] += w * fb * (1.0 - fc)
-                        if hi_b and hi_c:
-                            img[base + sb + sc] += w * fb * fc
+                        wb = w * fb
+                        w0 = w - wb
+                        img[base] += w0 - w0 * fc
+                        img[base + sc] += w0 * fc
+                        img[base + sb] += wb - wb * fc
+                        img[base + sb + sc] += wb * fc
+                    for k in range(f1, k_hi):
+                        _scatter(img, k, qb0 + k * dqb, qc0 + k * dqc, w, nb, c_lo, c_hi, sa, sb, sc)
 
 
 def _grid_arrays(image_shape, pixel_size):
@@ -189,27 +274,41 @@ def _grid_arrays(image_shape, pixel_size):
     return shape, spacing, strides
 
 
-def joseph_forward_cpu(image: np.ndarray, origins: np.ndarray, dirs: np.ndarray, pixel_size) -> np.ndarray:
-    """Line integrals of ``image`` ``(C, *image_shape)`` along rays ``(R, D)`` (``D`` = image dims); ``(C, R)``."""
+def joseph_forward_cpu(image: np.ndarray, origins: np.ndarray, dirs: np.ndarray, pixel_size, out: np.ndarray | None = None) -> np.ndarray:
+    """Line integrals of ``image`` ``(C, *image_shape)`` along rays ``(R, D)`` (``D`` = image dims); ``(C, R)``.
+
+    ``out``, when given, is a C-contiguous ``(C, R)`` array of the image's dtype that receives the result.
+    """
     n_ch, image_shape = image.shape[0], image.shape[1:]
     shape, spacing, strides = _grid_arrays(image_shape, pixel_size)
-    out = np.zeros((n_ch, origins.shape[0]), dtype=image.dtype)
+    if out is None:
+        out = np.zeros((n_ch, origins.shape[0]), dtype=image.dtype)
     kernel = _forward_2d if len(image_shape) == 2 else _forward_3d
     kernel(np.ascontiguousarray(image.reshape(n_ch, -1)), origins, dirs, shape, spacing, strides, out)
     return out
 
 
-def joseph_adjoint_cpu(proj: np.ndarray, origins: np.ndarray, dirs: np.ndarray, image_shape, pixel_size) -> np.ndarray:
-    """Exact transpose of :func:`joseph_forward_cpu`: ``(C, R)`` ray values to ``(C, *image_shape)``."""
+def joseph_adjoint_cpu(
+    proj: np.ndarray, origins: np.ndarray, dirs: np.ndarray, image_shape, pixel_size, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Exact transpose of :func:`joseph_forward_cpu`: ``(C, R)`` ray values to ``(C, *image_shape)``.
+
+    ``out``, when given, is a C-contiguous ``(C, *image_shape)`` array that the backprojection is added to (so a
+    scan can be backprojected in chunks of rays). In 3D the volume is split into slabs of z planes, one task each,
+    and no per-thread copy of it is made; in 2D each thread scatters into its own image copy (small).
+    """
     n_ch = proj.shape[0]
     shape, spacing, strides = _grid_arrays(image_shape, pixel_size)
     n_pix = int(np.prod(image_shape))
+    if out is None:
+        out = np.zeros((n_ch, *image_shape), dtype=proj.dtype)
     if len(image_shape) == 2:
-        out = np.zeros((numba.get_num_threads(), 2, n_ch, n_pix), dtype=proj.dtype)
-        _adjoint_2d(np.ascontiguousarray(proj), origins, dirs, shape, spacing, strides, out)
-        summed = out.sum(axis=0)
+        copies = np.zeros((numba.get_num_threads(), 2, n_ch, n_pix), dtype=proj.dtype)
+        _adjoint_2d(np.ascontiguousarray(proj), origins, dirs, shape, spacing, strides, copies)
+        summed = copies.sum(axis=0)
         ny, nx = image_shape
-        return summed[0].reshape(n_ch, ny, nx) + summed[1].reshape(n_ch, nx, ny).transpose(0, 2, 1)
-    out = np.zeros((numba.get_num_threads(), n_ch, n_pix), dtype=proj.dtype)
-    _adjoint_3d(np.ascontiguousarray(proj), origins, dirs, shape, spacing, strides, out)
-    return out.sum(axis=0).reshape(n_ch, *image_shape)
+        out += summed[0].reshape(n_ch, ny, nx) + summed[1].reshape(n_ch, nx, ny).transpose(0, 2, 1)
+        return out
+    n_slabs = max(1, min(int(image_shape[0]), numba.get_num_threads()))
+    _adjoint_3d(np.ascontiguousarray(proj), origins, dirs, shape, spacing, strides, out.reshape(n_ch, n_pix), n_slabs)
+    return out

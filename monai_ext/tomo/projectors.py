@@ -6,12 +6,19 @@ of ``forward`` is ``adjoint`` and the gradient of ``adjoint`` is ``forward``.
 
 Two backends compute the same operator: parallel numba kernels on CPU (``joseph_cpu.py``) and ``grid_sample``
 on any device (used on CUDA, or on CPU when numba is missing or ``backend="torch"`` is asked for).
+
+Memory: both backends work within ``memory_budget`` bytes beyond their inputs and outputs, whatever the scan's
+size. The rays (and, on the ``grid_sample`` path, the sample coordinates) of a scan are kept for reuse only when
+they fit in half the budget, as for the small operators that training applies thousands of times; otherwise they
+are computed on the fly, chunk by chunk of views and rays, for every call. The numba adjoint scatters into the
+output itself (one slab of planes per thread), so it holds no copy of the volume.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -19,10 +26,11 @@ from .geometry import ConeBeamGeometry, FanBeamGeometry, ParallelBeamGeometry
 from .joseph_cpu import HAS_NUMBA, joseph_adjoint_cpu, joseph_forward_cpu
 from .rays import geometry_rays, joseph_samples
 
-__all__ = ["RayProjector", "ParallelBeamProjector", "FanBeamProjector", "ConeBeamProjector", "check_finite"]
+__all__ = ["RayProjector", "ParallelBeamProjector", "FanBeamProjector", "ConeBeamProjector", "check_finite", "DEFAULT_MEMORY_BUDGET"]
 
 _BACKENDS = ("auto", "numba", "torch")
-_GRID_BUDGET = 2**25  # grid_sample points per chunk on the torch path (x D coordinates x 4-8 bytes)
+DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of working memory beyond inputs and outputs
+_RAY_BYTES = 2 * 3 * 8 * 3  # origins and directions in float64, with the temporaries of geometry_rays
 
 
 def check_finite(name: str, tensor: torch.Tensor) -> None:
@@ -63,23 +71,27 @@ class RayProjector(torch.nn.Module):
     Args:
         geom: a ``ParallelBeamGeometry``, ``FanBeamGeometry`` or ``ConeBeamGeometry``.
         backend: ``"auto"`` (numba on CPU when installed, ``grid_sample`` otherwise), ``"numba"`` or ``"torch"``.
+        memory_budget: bytes of working memory a call may use beyond its input and output (default 256 MiB).
 
     Raises:
-        ValueError: unknown backend; input of the wrong shape or with non-finite values.
+        ValueError: unknown backend, a budget that is not positive; input of the wrong shape or with non-finite
+            values.
     """
 
-    def __init__(self, geom, backend: str = "auto") -> None:
+    def __init__(self, geom, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
         super().__init__()
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}.")
         if backend == "numba" and not HAS_NUMBA:
             raise ValueError("backend='numba' needs the numba package, which is not installed.")
+        if not isinstance(memory_budget, int) or isinstance(memory_budget, bool) or memory_budget <= 0:
+            raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}.")
         self.geom = geom
         self.backend = backend
-        origins, directions = geometry_rays(geom, torch.float64)
-        self._origins = origins.reshape(-1, origins.shape[-1]).contiguous()
-        self._directions = directions.reshape(-1, directions.shape[-1]).contiguous()
-        self._np_rays = (self._origins.numpy(), self._directions.numpy())
+        self.memory_budget = memory_budget
+        self._rays_per_view = math.prod(self.projection_shape[1:])
+        self._n_rays = self.geom.n_angles * self._rays_per_view
+        self._ray_cache: dict = {}
         self._grid_cache: dict = {}
 
     # -- shapes --------------------------------------------------------------------------------------------
@@ -147,12 +159,41 @@ class RayProjector(torch.nn.Module):
     def _use_numba(self, t: torch.Tensor) -> bool:
         return self.backend != "torch" and HAS_NUMBA and t.device.type == "cpu"
 
+    def _view_chunks(self, bytes_per_ray: int):
+        """Slices of views whose rays take at most a quarter of the budget at ``bytes_per_ray`` each."""
+        per_chunk = max(1, (self.memory_budget // 4) // max(1, bytes_per_ray * self._rays_per_view))
+        for start in range(0, self.geom.n_angles, per_chunk):
+            yield slice(start, min(self.geom.n_angles, start + per_chunk))
+
+    def _rays(self, views: slice, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flattened float64 ``(origins, directions)`` of the rays of ``views``, on ``device``; the whole scan's
+        are kept for the next call when they take at most half the budget."""
+        whole = views == slice(0, self.geom.n_angles)
+        if whole and device in self._ray_cache:
+            return self._ray_cache[device]
+        origins, directions = geometry_rays(self.geom, torch.float64, views)
+        dim = origins.shape[-1]
+        rays = (origins.reshape(-1, dim).to(device).contiguous(), directions.reshape(-1, dim).to(device).contiguous())
+        if whole and self._n_rays * _RAY_BYTES <= self.memory_budget // 2:
+            self._ray_cache = {device: rays}
+        return rays
+
+    def _ray_slices(self):
+        """``(views, ray_slice)`` for chunks of views whose rays fit the budget, on the numba path."""
+        for views in self._view_chunks(_RAY_BYTES):
+            yield views, slice(views.start * self._rays_per_view, views.stop * self._rays_per_view)
+
     def _apply_forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
         flat = x.detach().reshape(b * c, *self.image_shape)
         if self._use_numba(x):
-            out = joseph_forward_cpu(flat.contiguous().numpy(), *self._np_rays, self.geom.pixel_size)
-            out = torch.from_numpy(out)
+            image = flat.contiguous().numpy()
+            out = torch.empty(b * c, self._n_rays, dtype=x.dtype)
+            out_np = out.numpy()
+            for views, rays in self._ray_slices():
+                origins, directions = self._rays(views, x.device)
+                part = joseph_forward_cpu(image, origins.numpy(), directions.numpy(), self.geom.pixel_size)
+                out_np[:, rays] = part
         else:
             out = self._torch_forward(flat)
         return out.reshape(b, c, *self.projection_shape)
@@ -161,8 +202,14 @@ class RayProjector(torch.nn.Module):
         b, c = y.shape[:2]
         flat = y.detach().reshape(b * c, -1)
         if self._use_numba(y):
-            out = joseph_adjoint_cpu(flat.contiguous().numpy(), *self._np_rays, self.image_shape, self.geom.pixel_size)
-            out = torch.from_numpy(out)
+            proj = flat.contiguous().numpy()
+            out = torch.zeros(b * c, *self.image_shape, dtype=y.dtype)
+            for views, rays in self._ray_slices():
+                origins, directions = self._rays(views, y.device)
+                joseph_adjoint_cpu(
+                    np.ascontiguousarray(proj[:, rays]), origins.numpy(), directions.numpy(), self.image_shape,
+                    self.geom.pixel_size, out=out.numpy(),
+                )
         else:
             out = self._torch_adjoint(flat)
         return out.reshape(b, c, *self.image_shape)
@@ -190,19 +237,43 @@ class RayProjector(torch.nn.Module):
         out = flat.new_zeros(b * c, math.prod(self.projection_shape)).index_add_(1, rows, flat[:, cols] * values)
         return out.reshape(b, c, *self.projection_shape)
 
-    def _chunks(self, device: torch.device, dtype: torch.dtype):
-        """Yield ``(ray_slice, grid, weights)`` for the torch path, cached per device and dtype."""
+    def _sample_bytes(self, n_channels: int, dtype: torch.dtype) -> int:
+        """Working bytes per Joseph sample on the ``grid_sample`` path: float64 plane positions, ray parameters
+        and points while the coordinates are built, the coordinates in ``dtype``, the sampled values (forward)
+        or their gradient (adjoint) for every channel, and the sum's temporary."""
+        dim = len(self.image_shape)
+        item = torch.finfo(dtype).bits // 8
+        return 8 * (3 + 2 * dim) + item * (3 * dim + 2 + 2 * n_channels)  # + the adjoint's slab coordinates
+
+    def _chunks(self, device: torch.device, dtype: torch.dtype, n_channels: int):
+        """Yield ``(ray_slice, grid, weights)`` for the torch path, within the memory budget.
+
+        When the coordinates of every sample take at most half the budget they are computed once and kept (per
+        device and dtype); otherwise they are computed chunk by chunk, for each call, from the rays of chunks of
+        views.
+        """
         key = (device, dtype)
-        if key not in self._grid_cache:
-            n_rays, n_samples = self._origins.shape[0], max(self.image_shape)
-            step = max(1, _GRID_BUDGET // n_samples)
-            chunks = []
-            for start in range(0, n_rays, step):
-                sl = slice(start, min(n_rays, start + step))
-                grid, weights = joseph_samples(self._origins[sl], self._directions[sl], self.image_shape, self.geom.pixel_size)
-                chunks.append((sl, grid.to(device=device, dtype=dtype), weights.to(device=device, dtype=dtype)))
-            self._grid_cache = {key: chunks}  # keep one device/dtype only, the grids are large
-        return self._grid_cache[key]
+        if key in self._grid_cache:
+            yield from self._grid_cache[key]
+            return
+        n_samples, dim = max(self.image_shape), len(self.image_shape)
+        item = torch.finfo(dtype).bits // 8
+        keep = self._n_rays * n_samples * dim * item <= self.memory_budget // 2
+        step = max(1, (self.memory_budget // 2) // (n_samples * self._sample_bytes(n_channels, dtype)))
+        kept = []
+        for views in self._view_chunks(_RAY_BYTES):
+            origins, directions = self._rays(views, device)
+            first = views.start * self._rays_per_view
+            for start in range(0, origins.shape[0], step):
+                sl = slice(start, min(origins.shape[0], start + step))
+                grid, weights = joseph_samples(origins[sl], directions[sl], self.image_shape, self.geom.pixel_size)
+                chunk = (slice(first + sl.start, first + sl.stop), grid.to(dtype=dtype), weights.to(dtype=dtype))
+                del grid, weights
+                if keep:
+                    kept.append(chunk)
+                yield chunk
+        if keep:
+            self._grid_cache = {key: kept}  # one device/dtype only
 
     def _grid_view(self, grid: torch.Tensor) -> torch.Tensor:
         # grid_sample wants (N, H_out, W_out, 2) in 2D and (N, D_out, H_out, W_out, 3) in 3D
@@ -210,22 +281,53 @@ class RayProjector(torch.nn.Module):
 
     def _torch_forward(self, flat: torch.Tensor) -> torch.Tensor:
         image = flat[None]  # (1, BC, *image_shape): channels share the rays
-        out = flat.new_zeros(flat.shape[0], self._origins.shape[0])
-        for sl, grid, weights in self._chunks(flat.device, flat.dtype):
+        out = flat.new_zeros(flat.shape[0], self._n_rays)
+        for sl, grid, weights in self._chunks(flat.device, flat.dtype, flat.shape[0]):
             samples = F.grid_sample(image, self._grid_view(grid), mode="bilinear", padding_mode="zeros", align_corners=False)
             out[:, sl] = samples.reshape(flat.shape[0], grid.shape[0], -1).sum(-1) * weights
+            del samples
         return out
+
+    def _slabs(self, n_channels: int, dtype: torch.dtype) -> list[tuple[int, int]]:
+        """z ranges ``[z0, z1)`` of the 3D adjoint's slabs: ``grid_sample``'s backward returns a gradient of its
+        whole input, so the volume is backprojected slab by slab when a copy of it would take more than a
+        quarter of the budget (one slab for the small volumes of training)."""
+        if len(self.image_shape) != 3:
+            return [(0, self.image_shape[0])]
+        nz = self.image_shape[0]
+        plane = n_channels * math.prod(self.image_shape[1:]) * (torch.finfo(dtype).bits // 8)
+        per = max(1, (self.memory_budget // 4) // plane - 1)
+        return [(z0, min(nz, z0 + per)) for z0 in range(0, nz, per)]
 
     def _torch_adjoint(self, flat: torch.Tensor) -> torch.Tensor:
         n_ch = flat.shape[0]
         image = flat.new_zeros(1, n_ch, *self.image_shape)
         backward = torch.ops.aten.grid_sampler_2d_backward if len(self.image_shape) == 2 else torch.ops.aten.grid_sampler_3d_backward
-        for sl, grid, weights in self._chunks(flat.device, flat.dtype):
+        slabs = self._slabs(n_ch, flat.dtype)
+        nz = self.image_shape[0]
+        for sl, grid, weights in self._chunks(flat.device, flat.dtype, n_ch):
             g = self._grid_view(grid)
             grad_out = (flat[:, sl] * weights)[..., None].expand(n_ch, grid.shape[0], grid.shape[1])
             grad_out = grad_out.reshape(1, n_ch, *g.shape[1:-1]).contiguous()
-            grad_in, _ = backward(grad_out, image, g, 0, 0, False, [True, False])
-            image += grad_in
+            if len(slabs) == 1:
+                grad_in, _ = backward(grad_out, image, g, 0, 0, False, [True, False])
+                image += grad_in
+                del grad_in, grad_out
+                continue
+            # each sample goes to the slab holding the lower of its two z neighbours (planes z0 .. z1 - 1, the
+            # first slab also -1): the slab is read with the next plane as a halo, and a sample kept by another
+            # slab is moved far outside, where it reads and writes nothing
+            iz = ((g[..., 2] + 1.0) * nz - 1.0) * 0.5
+            lower = torch.floor(iz)
+            for z0, z1 in slabs:
+                top = min(nz, z1 + 1)
+                keep = (lower >= (z0 if z0 > 0 else -1)) & (lower < z1)
+                local = g.clone()
+                local[..., 2] = torch.where(keep, (2.0 * (iz - z0) + 1.0) / (top - z0) - 1.0, -3.0)
+                grad_in, _ = backward(grad_out, image[:, :, z0:top], local, 0, 0, False, [True, False])
+                image[:, :, z0:top] += grad_in
+                del grad_in, local, keep
+            del grad_out, iz, lower
         return image[0]
 
 
@@ -242,35 +344,35 @@ class ParallelBeamProjector(RayProjector):
         torch.Size([1, 1, 90, 95])
     """
 
-    def __init__(self, geom: ParallelBeamGeometry, backend: str = "auto") -> None:
+    def __init__(self, geom: ParallelBeamGeometry, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
         if not isinstance(geom, ParallelBeamGeometry):
             raise TypeError(f"geom must be a ParallelBeamGeometry, got {type(geom).__name__}.")
-        super().__init__(geom, backend)
+        super().__init__(geom, backend, memory_budget)
 
 
 class FanBeamProjector(RayProjector):
     """2D fan-beam projector with a flat detector: ``(B, C, ny, nx)`` -> ``(B, C, n_angles, n_det)``."""
 
-    def __init__(self, geom: FanBeamGeometry, backend: str = "auto") -> None:
+    def __init__(self, geom: FanBeamGeometry, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
         if not isinstance(geom, FanBeamGeometry):
             raise TypeError(f"geom must be a FanBeamGeometry, got {type(geom).__name__}.")
-        super().__init__(geom, backend)
+        super().__init__(geom, backend, memory_budget)
 
 
 class ConeBeamProjector(RayProjector):
     """3D circular cone-beam projector with a flat panel: ``(B, C, nz, ny, nx)`` -> ``(B, C, n_angles, rows, cols)``."""
 
-    def __init__(self, geom: ConeBeamGeometry, backend: str = "auto") -> None:
+    def __init__(self, geom: ConeBeamGeometry, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
         if not isinstance(geom, ConeBeamGeometry):
             raise TypeError(f"geom must be a ConeBeamGeometry, got {type(geom).__name__}.")
-        super().__init__(geom, backend)
+        super().__init__(geom, backend, memory_budget)
 
 
-def projector_for(geom, backend: str = "auto") -> RayProjector:
+def projector_for(geom, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET) -> RayProjector:
     """The projector class that matches ``geom``."""
     for cls, kind in ((ParallelBeamProjector, ParallelBeamGeometry), (FanBeamProjector, FanBeamGeometry), (ConeBeamProjector, ConeBeamGeometry)):
         if isinstance(geom, kind):
-            return cls(geom, backend)
+            return cls(geom, backend, memory_budget)
     raise TypeError(f"no projector for geometry type {type(geom).__name__}.")
 
 

@@ -28,13 +28,20 @@ def _view_axes(angles: tuple[float, ...], dtype: torch.dtype) -> tuple[torch.Ten
     return e_u, e_d
 
 
-def geometry_rays(geom, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+def geometry_rays(geom, dtype: torch.dtype = torch.float64, views: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Origins and unit directions of every ray, in ``(x, y)`` or ``(x, y, z)`` millimetres.
 
+    Args:
+        geom: the acquisition geometry.
+        dtype: floating-point dtype of the result.
+        views: a slice of the view angles to compute the rays of (all views by default), so that callers can
+            walk a large scan in chunks of views without holding every ray.
+
     Returns:
-        ``(origins, directions)`` of shape ``(n_angles, *detector_shape, ndim)``.
+        ``(origins, directions)`` of shape ``(n_views, *detector_shape, ndim)``.
     """
-    e_u, e_d = _view_axes(geom.angles, dtype)
+    angles = geom.angles if views is None else geom.angles[views]
+    e_u, e_d = _view_axes(angles, dtype)
     if isinstance(geom, ParallelBeamGeometry):
         u = _bin_centres(geom.n_det, geom.det_spacing, geom.det_offset, dtype)
         origins = u[None, :, None] * e_u[:, None, :]
@@ -50,7 +57,7 @@ def geometry_rays(geom, dtype: torch.dtype = torch.float64) -> tuple[torch.Tenso
         (n_rows, n_cols), (dv, du), (ov, ou) = geom.det_shape, geom.det_spacing, geom.det_offset
         u = _bin_centres(n_cols, du, ou, dtype)
         v = _bin_centres(n_rows, dv, ov, dtype)
-        n_a = geom.n_angles
+        n_a = len(angles)
         centre = (geom.source_to_detector - geom.source_to_center) * e_d
         pixel_xy = centre[:, None, None, :] + u[None, None, :, None] * e_u[:, None, None, :]
         pixel = torch.cat([pixel_xy.expand(n_a, n_rows, n_cols, 2), v[None, :, None, None].expand(n_a, n_rows, n_cols, 1)], -1)
