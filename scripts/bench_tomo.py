@@ -1,16 +1,28 @@
 #!/usr/bin/env python
-"""Benchmark of the monai_ext.tomo projectors against skimage and ASTRA's CPU projectors, in the same run.
+"""Benchmark of the monai_ext.tomo projectors against skimage, ASTRA and diffct, in the same run.
 
 (a) 2D parallel beam, 256 x 256 image, 180 views over 180 degrees, 367 detector bins: forward, adjoint and FBP
     time and peak memory for ours, ``skimage.transform.radon/iradon`` and, when ``astra-toolbox`` is installed,
     ASTRA's CPU ``line`` and ``linear`` projectors (and its CPU FBP); ratios ours / ASTRA.
-(b) 3D circular cone beam, 128^3 volume, 180 views, 128 x 128 panel: forward, adjoint and FDK time, and
-    interpolated samples per second (rays x Joseph planes per ray); on CUDA too when a GPU is present.
+(b) 3D circular cone beam, 128^3 volume, 180 views, 128 x 128 panel: forward, adjoint and FDK time, peak memory
+    and interpolated samples per second (rays x Joseph planes per ray) for both our backends (numba and
+    ``grid_sample``) and, when ``diffct`` is installed, diffct's CPU (PyTorch) projector on the same geometry;
+    on CUDA too when a GPU is present (ours against diffct's CUDA path).
+(c) Clinical size (``--clinical``): 256^3, 360 views, 256 x 256 panel, the numba backend and FDK once, with peak
+    memory against the projectors' memory budget (on a GPU, the ``grid_sample`` backend and diffct's CUDA path
+    too); ``--size512`` adds 512^3 (360 views, 512 x 512 panel).
 
 Peak memory is the growth of the process's resident set during the call (``VmHWM`` after resetting it), so it
-covers torch, numpy and ASTRA's C++ allocations alike; on CUDA, ``torch.cuda.max_memory_allocated``.
+covers torch, numpy, numba and ASTRA's C++ allocations alike; on CUDA, ``torch.cuda.max_memory_allocated``.
+
+The peers are optional and not dependencies of the project; to include them (CPU use; the wheels carry CUDA
+libraries they load at import):
+    pip install --no-deps --target /tmp/peers diffct astra-toolbox nvidia-cuda-runtime-cu12 nvidia-cufft-cu12
+    LD_LIBRARY_PATH=/tmp/peers/nvidia/cuda_runtime/lib:/tmp/peers/nvidia/cufft/lib PYTHONPATH=/tmp/peers \
+        python scripts/bench_tomo.py --clinical
 
 Usage: python scripts/bench_tomo.py [--out bench_results/bench_tomo.json] [--repeats 3] [--quick]
+       [--clinical] [--size512] [--markdown docs/tomo_benchmark.md]
 """
 
 from __future__ import annotations
@@ -44,6 +56,17 @@ def _status(field: str) -> int:
     return 0
 
 
+def _processor() -> str:
+    """The CPU's model name (Linux), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def _reset_peak() -> None:
     try:
         with open("/proc/self/clear_refs", "w") as handle:
@@ -52,9 +75,10 @@ def _reset_peak() -> None:
         pass
 
 
-def measure(fn, repeats: int, device: str = "cpu") -> dict:
+def measure(fn, repeats: int, device: str = "cpu", warmup: bool = True) -> dict:
     """Median wall time over ``repeats`` calls after one warm-up, and the peak memory growth of one call."""
-    fn()  # warm-up: JIT compilation, caches
+    if warmup:
+        fn()  # warm-up: JIT compilation, caches
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -128,22 +152,81 @@ def bench_2d(repeats: int) -> list[dict]:
     return rows
 
 
-def bench_3d(repeats: int, device: str, size: int) -> list[dict]:
-    n_views = 180
-    geom = ConeBeamGeometry((size,) * 3, 256.0 / size, uniform_angles(n_views, 2 * math.pi), (size, size), 1.5 * 256.0 / size * 1.1,
-                            source_to_center=1000.0, source_to_detector=1500.0)
-    op = ConeBeamProjector(geom).to(device)
+def _cone_geometry(size: int, n_views: int, panel: int) -> ConeBeamGeometry:
+    return ConeBeamGeometry((size,) * 3, 256.0 / size, uniform_angles(n_views, 2 * math.pi), (panel, panel),
+                            1.5 * 256.0 / panel * 1.1, source_to_center=1000.0, source_to_detector=1500.0)
+
+
+def _diffct_projector(geom: ConeBeamGeometry, device: str):
+    """diffct's projector on our geometry (its own trajectory convention; the same sizes and sample counts)."""
+    import diffct
+
+    trajectory = diffct.circular_trajectory_3d(geom.n_angles, geom.source_to_center, geom.source_to_detector,
+                                                device=device, dtype=torch.float32)
+    rows, cols = geom.det_shape
+    backend = "torch" if device == "cpu" else "auto"
+    return diffct.Projector(trajectory, tuple(geom.image_shape), (cols, rows), beam="cone",
+                            detector_spacing=tuple(reversed(geom.det_spacing)), voxel_spacing=geom.pixel_size[0],
+                            backend=backend)
+
+
+def bench_3d(repeats: int, device: str, size: int, n_views: int = 180, panel: int | None = None,
+             backends=("numba", "torch"), peers: bool = True, warmup: bool = True) -> list[dict]:
+    panel = panel or size
+    geom = _cone_geometry(size, n_views, panel)
     x = random_ellipsoids(3, 256.0, seed=0).rasterize(geom.image_shape, geom.pixel_size, supersample=1)[None, None].to(device)
-    proj = op(x)
-    samples = n_views * size * size * size  # rays x planes of the driving axis (cubic volume)
-    label = "monai_ext (numba CPU)" if device == "cpu" else f"monai_ext ({torch.cuda.get_device_name()})"
+    samples = n_views * panel * panel * size  # rays x planes of the driving axis (cubic volume)
+    case = f"3D cone {size}^3, {n_views} views, {panel}^2 panel"
     rows = []
-    for name, fn in (("forward", lambda: op(x)), ("adjoint", lambda: op.adjoint(proj)), ("fdk", lambda: fdk(proj, geom))):
-        row = {"case": f"3D cone {size}^3", "method": label, "op": name, **measure(fn, repeats, device)}
-        if name != "fdk":
+    proj = None
+    for backend in backends if device == "cpu" else ("torch",):
+        op = ConeBeamProjector(geom, backend=backend)
+        label = f"monai_ext ({'numba CPU' if backend == 'numba' else 'grid_sample CPU'})" if device == "cpu" else f"monai_ext ({torch.cuda.get_device_name()})"
+        proj = op(x) if proj is None else proj
+        for name, fn in (("forward", lambda: op(x)), ("adjoint", lambda: op.adjoint(proj))):
+            row = {"case": case, "method": label, "op": name, **measure(fn, repeats, device, warmup),
+                   "budget_mib": op.memory_budget / 2**20}
             row["samples_per_s"] = samples / row["seconds"]
+            rows.append(row)
+            print(f"  {case} {label} {name}: {row['seconds']:.3f} s, {row['peak_mib']:.0f} MiB", flush=True)
+    label = "monai_ext FDK" if device == "cpu" else f"monai_ext FDK ({torch.cuda.get_device_name()})"
+    rows.append({"case": case, "method": label, "op": "fdk", **measure(lambda: fdk(proj, geom), repeats, device, warmup)})
+    print(f"  {case} FDK: {rows[-1]['seconds']:.3f} s, {rows[-1]['peak_mib']:.0f} MiB", flush=True)
+    if not peers:
+        return rows
+    try:
+        dp = _diffct_projector(geom, device)
+    except ImportError:
+        print("diffct not installed: diffct rows skipped (see the docstring to compare)")
+        return rows
+    volume = x[0, 0].contiguous()
+    sino = dp(volume)
+    label = "diffct (torch CPU)" if device == "cpu" else f"diffct ({torch.cuda.get_device_name()})"
+    for name, fn in (("forward", lambda: dp(volume)), ("adjoint", lambda: dp.backproject(sino))):
+        row = {"case": case, "method": label, "op": name, **measure(fn, repeats, device, warmup)}
+        row["samples_per_s"] = samples / row["seconds"]
         rows.append(row)
+        print(f"  {case} {label} {name}: {row['seconds']:.3f} s, {row['peak_mib']:.0f} MiB", flush=True)
     return rows
+
+
+def _ratios(rows: list[dict]) -> dict:
+    """ours / peer time for every (case, op) that both measured (<= 1.0: ours at least as fast)."""
+    ratios = {}
+    for r in rows:
+        if r["method"].startswith(("ASTRA", "diffct")):
+            for o in rows:
+                if o["case"] == r["case"] and o["op"] == r["op"] and o["method"].startswith("monai_ext"):
+                    ratios[f"{r['case']} | {r['op']} | {o['method']} / {r['method']}"] = o["seconds"] / r["seconds"]
+    return ratios
+
+
+def _table(rows: list[dict]) -> str:
+    lines = ["| case | method | op | time (s) | peak memory (MiB) | samples/s |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        sps = f"{r['samples_per_s']:.2e}" if "samples_per_s" in r else ""
+        lines.append(f"| {r['case']} | {r['method']} | {r['op']} | {r['seconds']:.4f} | {r['peak_mib']:.1f} | {sps} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -151,31 +234,38 @@ def main() -> None:
     parser.add_argument("--out", default="bench_results/bench_tomo.json")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="64^3 instead of 128^3 for the cone-beam case")
+    parser.add_argument("--clinical", action="store_true", help="add 256^3, 360 views, 256^2 panel (each op once)")
+    parser.add_argument("--size512", action="store_true", help="add 512^3, 360 views, 512^2 panel (numba and FDK, once)")
+    parser.add_argument("--markdown", default=None, help="also write the table and ratios as Markdown to this file")
     args = parser.parse_args()
 
     rows = bench_2d(args.repeats)
     size = 64 if args.quick else 128
     rows += bench_3d(max(1, args.repeats - 1), "cpu", size)
+    if args.clinical:
+        rows += bench_3d(1, "cpu", 256, 360, 256, backends=("numba",), peers=False, warmup=False)
+    if args.size512:
+        rows += bench_3d(1, "cpu", 512, 360, 512, backends=("numba",), peers=False, warmup=False)
     if torch.cuda.is_available():
         rows += bench_3d(args.repeats, "cuda", size)
+        if args.clinical:
+            rows += bench_3d(1, "cuda", 256, 360, 256)
+        if args.size512:
+            rows += bench_3d(1, "cuda", 512, 360, 512)
 
-    ratios = {}
-    ours = {r["op"]: r["seconds"] for r in rows if r["case"] == "2D parallel" and r["method"].startswith("monai_ext")}
-    for r in rows:
-        if r["case"] == "2D parallel" and r["method"].startswith("ASTRA"):
-            ratios[f"{r['op']} ours/{r['method']}"] = ours[r["op"]] / r["seconds"]
-
-    print(f"\n{'case':<16} {'method':<34} {'op':<8} {'time (s)':>10} {'peak (MiB)':>11} {'samples/s':>11}")
+    ratios = _ratios(rows)
+    print(f"\n{'case':<40} {'method':<28} {'op':<8} {'time (s)':>10} {'peak (MiB)':>11} {'samples/s':>11}")
     for r in rows:
         sps = f"{r['samples_per_s']:.2e}" if "samples_per_s" in r else ""
-        print(f"{r['case']:<16} {r['method']:<34} {r['op']:<8} {r['seconds']:>10.4f} {r['peak_mib']:>11.1f} {sps:>11}")
+        print(f"{r['case']:<40} {r['method']:<28} {r['op']:<8} {r['seconds']:>10.4f} {r['peak_mib']:>11.1f} {sps:>11}")
     if ratios:
-        print("\nratio ours / ASTRA CPU (<= 1.0 means ours is at least as fast):")
+        print("\nratio ours / peer (<= 1.0 means ours is at least as fast):")
         for key, value in ratios.items():
-            print(f"  {key:<40} {value:.2f}")
+            print(f"  {key:<100} {value:.3f}")
 
     info = {
         "machine": platform.machine(),
+        "processor": _processor(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -187,6 +277,18 @@ def main() -> None:
     tmp.write_text(json.dumps({"info": info, "rows": rows, "ratios": ratios}, indent=2))
     os.replace(tmp, out)
     print(f"\nwrote {out}")
+    if args.markdown:
+        md = Path(args.markdown)
+        md.parent.mkdir(parents=True, exist_ok=True)
+        text = f"Hardware: {info['processor']}, {info['cpu_count']} cores, torch {info['torch']}" + (
+            f", {info['cuda']}" if info["cuda"] else ", no GPU") + "\n\n" + _table(rows) + "\n"
+        if ratios:
+            text += "\n| ratio (ours / peer, same run) | value |\n|---|---|\n" + "".join(
+                f"| {k} | {v:.3f} |\n" for k, v in ratios.items())
+        tmp = md.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, md)
+        print(f"wrote {md}")
 
 
 if __name__ == "__main__":
