@@ -32,7 +32,7 @@ try:
 except ImportError:  # pragma: no cover - numba is in requirements.txt; the torch path is the fallback
     HAS_NUMBA = False
 
-__all__ = ["HAS_NUMBA", "joseph_forward_cpu", "joseph_adjoint_cpu"]
+__all__ = ["HAS_NUMBA", "joseph_forward_cpu", "joseph_adjoint_cpu", "cone_view_table", "cone_forward_cpu", "cone_adjoint_cpu"]
 
 _JIT = dict(cache=True, fastmath=True, boundscheck=False)
 
@@ -118,6 +118,42 @@ if HAS_NUMBA:
         return (1, 2) if a == 0 else ((0, 2) if a == 1 else (0, 1))
 
     @njit(**_JIT)
+    def _cone_ray(views, u, v, r):
+        """Origin and unit direction of ray ``r`` of a flat-panel cone-beam scan, in ``(x, y, z)`` mm.
+
+        ``views`` ``(V, 6)`` holds each view's source ``(x, y)`` and panel centre ``(x, y)`` (both at z = 0) and
+        the panel's column axis ``e_u = (x, y)``; ``u`` and ``v`` are the column and row centres. Rays are
+        ordered view, row, column, as the projections. The same arithmetic as ``rays.geometry_rays``.
+        """
+        n_cols, n_rows = u.shape[0], v.shape[0]
+        view, rem = r // (n_rows * n_cols), r % (n_rows * n_cols)
+        row, col = rem // n_cols, rem % n_cols
+        sx, sy = views[view, 0], views[view, 1]
+        dx = views[view, 2] + u[col] * views[view, 4] - sx
+        dy = views[view, 3] + u[col] * views[view, 5] - sy
+        dz = v[row]
+        norm = math.sqrt(dx * dx + dy * dy + dz * dz)
+        return (sx, sy, 0.0), (dx / norm, dy / norm, dz / norm)
+
+    @njit(**_JIT)
+    def _setup_3d(o, d, shape, spacing):
+        """Driving axis ``a``, minor axes ``b, c``, ray length per plane and the minor index lines
+        ``q(k) = q0 + k dq`` of a ray with origin ``o`` and direction ``d`` (as ``_ray_setup`` and ``_minor_line``)."""
+        a, best = 0, -1.0
+        for ax in range(3):
+            t = abs(d[ax]) / spacing[ax]
+            if t > best:
+                a, best = ax, t
+        inv = 1.0 / d[a]
+        weight = spacing[a] / abs(d[a])
+        b, c = _minor_axes(a)
+        start = -0.5 * (shape[a] - 1) * spacing[a] - o[a]
+        db, dc = d[b] / spacing[b], d[c] / spacing[c]
+        qb0 = o[b] / spacing[b] + 0.5 * (shape[b] - 1) + start * inv * db
+        qc0 = o[c] / spacing[c] + 0.5 * (shape[c] - 1) + start * inv * dc
+        return a, b, c, weight, qb0, spacing[a] * inv * db, qc0, spacing[a] * inv * dc
+
+    @njit(**_JIT)
     def _window(q0, dq, lo, hi, k0, k1):
         """Narrow ``[k0, k1)`` to the planes where ``lo <= q0 + k dq < hi``, widened by two planes at each end
         (callers check each sample of the margin)."""
@@ -164,19 +200,17 @@ if HAS_NUMBA:
         return acc
 
     @njit(parallel=True, **_JIT)
-    def _forward_3d(image, origins, dirs, shape, spacing, strides, out):
+    def _forward_3d(image, views, u, v, shape, spacing, strides, out):
         # per ray: the planes where both bilinear neighbours lie inside the image take a branch-free loop, the
         # few planes at the image's edges the checked one
-        n_rays = origins.shape[0]
+        n_rays = views.shape[0] * u.shape[0] * v.shape[0]
         for ch in range(image.shape[0]):
             img, res = image[ch], out[ch]
             for r in prange(n_rays):
-                a, weight, inv = _ray_setup(origins, dirs, r, shape, spacing)
-                b, c = _minor_axes(a)
+                o, d = _cone_ray(views, u, v, r)
+                a, b, c, weight, qb0, dqb, qc0, dqc = _setup_3d(o, d, shape, spacing)
                 na, nb, nc = shape[a], shape[b], shape[c]
                 sa, sb, sc = strides[a], strides[b], strides[c]
-                qb0, dqb = _minor_line(origins, dirs, r, a, b, inv, shape, spacing)
-                qc0, dqc = _minor_line(origins, dirs, r, a, c, inv, shape, spacing)
                 k_lo, k_hi = _plane_range(qb0, dqb, nb, 0, na)
                 k_lo, k_hi = _plane_range(qc0, dqc, nc, k_lo, k_hi)
                 f0, f1 = _inner(qb0, dqb, 0.0, nb - 1.0, k_lo, k_hi)
@@ -217,10 +251,10 @@ if HAS_NUMBA:
             img[base + sb + sc] += w * fb * fc
 
     @njit(parallel=True, **_JIT)
-    def _adjoint_3d(proj, origins, dirs, shape, spacing, strides, out, n_slabs):
+    def _adjoint_3d(proj, views, u, v, shape, spacing, strides, out, n_slabs):
         # each task owns a slab of z planes and scatters every ray's samples that land in it: no two tasks write
         # one voxel, so the result needs no per-thread copies of the volume (memory stays at the output's size)
-        n_rays, nz = origins.shape[0], shape[2]
+        n_rays, nz = views.shape[0] * u.shape[0] * v.shape[0], shape[2]
         for ch in range(proj.shape[0]):
             img, p = out[ch], proj[ch]
             for s in prange(n_slabs):
@@ -228,12 +262,10 @@ if HAS_NUMBA:
                 for r in range(n_rays):
                     if p[r] == 0.0:
                         continue
-                    a, weight, inv = _ray_setup(origins, dirs, r, shape, spacing)
-                    b, c = _minor_axes(a)  # c is z unless z drives the ray
+                    o, d = _cone_ray(views, u, v, r)
+                    a, b, c, weight, qb0, dqb, qc0, dqc = _setup_3d(o, d, shape, spacing)  # c is z unless z drives
                     na, nb, nc = shape[a], shape[b], shape[c]
                     sa, sb, sc = strides[a], strides[b], strides[c]
-                    qb0, dqb = _minor_line(origins, dirs, r, a, b, inv, shape, spacing)
-                    qc0, dqc = _minor_line(origins, dirs, r, a, c, inv, shape, spacing)
                     k_lo, k_hi = _plane_range(qb0, dqb, nb, 0, na)
                     k_lo, k_hi = _plane_range(qc0, dqc, nc, k_lo, k_hi)
                     if a == 2:  # planes are z slices: keep this slab's
@@ -275,7 +307,7 @@ def _grid_arrays(image_shape, pixel_size):
 
 
 def joseph_forward_cpu(image: np.ndarray, origins: np.ndarray, dirs: np.ndarray, pixel_size, out: np.ndarray | None = None) -> np.ndarray:
-    """Line integrals of ``image`` ``(C, *image_shape)`` along rays ``(R, D)`` (``D`` = image dims); ``(C, R)``.
+    """Line integrals of a 2D ``image`` ``(C, ny, nx)`` along rays ``(R, 2)``; ``(C, R)``.
 
     ``out``, when given, is a C-contiguous ``(C, R)`` array of the image's dtype that receives the result.
     """
@@ -283,32 +315,64 @@ def joseph_forward_cpu(image: np.ndarray, origins: np.ndarray, dirs: np.ndarray,
     shape, spacing, strides = _grid_arrays(image_shape, pixel_size)
     if out is None:
         out = np.zeros((n_ch, origins.shape[0]), dtype=image.dtype)
-    kernel = _forward_2d if len(image_shape) == 2 else _forward_3d
-    kernel(np.ascontiguousarray(image.reshape(n_ch, -1)), origins, dirs, shape, spacing, strides, out)
+    _forward_2d(np.ascontiguousarray(image.reshape(n_ch, -1)), origins, dirs, shape, spacing, strides, out)
     return out
 
 
 def joseph_adjoint_cpu(
     proj: np.ndarray, origins: np.ndarray, dirs: np.ndarray, image_shape, pixel_size, out: np.ndarray | None = None
 ) -> np.ndarray:
-    """Exact transpose of :func:`joseph_forward_cpu`: ``(C, R)`` ray values to ``(C, *image_shape)``.
+    """Exact transpose of :func:`joseph_forward_cpu`: ``(C, R)`` ray values to ``(C, ny, nx)``.
 
-    ``out``, when given, is a C-contiguous ``(C, *image_shape)`` array that the backprojection is added to (so a
-    scan can be backprojected in chunks of rays). In 3D the volume is split into slabs of z planes, one task each,
-    and no per-thread copy of it is made; in 2D each thread scatters into its own image copy (small).
+    ``out``, when given, is a C-contiguous ``(C, ny, nx)`` array that the backprojection is added to. Each thread
+    scatters into its own image copy (2D images are small) and the copies are summed.
     """
     n_ch = proj.shape[0]
     shape, spacing, strides = _grid_arrays(image_shape, pixel_size)
     n_pix = int(np.prod(image_shape))
     if out is None:
         out = np.zeros((n_ch, *image_shape), dtype=proj.dtype)
-    if len(image_shape) == 2:
-        copies = np.zeros((numba.get_num_threads(), 2, n_ch, n_pix), dtype=proj.dtype)
-        _adjoint_2d(np.ascontiguousarray(proj), origins, dirs, shape, spacing, strides, copies)
-        summed = copies.sum(axis=0)
-        ny, nx = image_shape
-        out += summed[0].reshape(n_ch, ny, nx) + summed[1].reshape(n_ch, nx, ny).transpose(0, 2, 1)
-        return out
+    copies = np.zeros((numba.get_num_threads(), 2, n_ch, n_pix), dtype=proj.dtype)
+    _adjoint_2d(np.ascontiguousarray(proj), origins, dirs, shape, spacing, strides, copies)
+    summed = copies.sum(axis=0)
+    ny, nx = image_shape
+    out += summed[0].reshape(n_ch, ny, nx) + summed[1].reshape(n_ch, nx, ny).transpose(0, 2, 1)
+    return out
+
+
+def cone_view_table(geom) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(views, u, v)`` of a ``ConeBeamGeometry`` for the 3D kernels: per view the source ``(x, y)``, the panel
+    centre ``(x, y)`` and the column axis ``e_u`` (``(V, 6)``), and the column and row centres in mm."""
+    theta = np.asarray(geom.angles, dtype=np.float64)
+    e_u = np.stack([np.cos(theta), np.sin(theta)], axis=-1)
+    e_d = np.stack([-np.sin(theta), np.cos(theta)], axis=-1)
+    views = np.concatenate([-geom.source_to_center * e_d, (geom.source_to_detector - geom.source_to_center) * e_d, e_u], -1)
+    (n_rows, n_cols), (dv, du), (ov, ou) = geom.det_shape, geom.det_spacing, geom.det_offset
+    u = (np.arange(n_cols, dtype=np.float64) - 0.5 * (n_cols - 1)) * du + ou
+    v = (np.arange(n_rows, dtype=np.float64) - 0.5 * (n_rows - 1)) * dv + ov
+    return np.ascontiguousarray(views), u, v
+
+
+def cone_forward_cpu(image: np.ndarray, table, pixel_size) -> np.ndarray:
+    """Line integrals of ``image`` ``(C, nz, ny, nx)`` along the rays of ``table`` (:func:`cone_view_table`, or a
+    slice of its views); ``(C, views x rows x cols)``. Rays are computed in the kernel: no ray table is held."""
+    views, u, v = table
+    n_ch, image_shape = image.shape[0], image.shape[1:]
+    shape, spacing, strides = _grid_arrays(image_shape, pixel_size)
+    out = np.zeros((n_ch, views.shape[0] * u.shape[0] * v.shape[0]), dtype=image.dtype)
+    _forward_3d(np.ascontiguousarray(image.reshape(n_ch, -1)), np.ascontiguousarray(views), u, v, shape, spacing, strides, out)
+    return out
+
+
+def cone_adjoint_cpu(proj: np.ndarray, table, image_shape, pixel_size, out: np.ndarray | None = None) -> np.ndarray:
+    """Exact transpose of :func:`cone_forward_cpu`, added to ``out`` ``(C, nz, ny, nx)`` when given. The volume is
+    split into slabs of z planes, one task each, so it is never copied."""
+    views, u, v = table
+    n_ch = proj.shape[0]
+    shape, spacing, strides = _grid_arrays(image_shape, pixel_size)
+    if out is None:
+        out = np.zeros((n_ch, *image_shape), dtype=proj.dtype)
     n_slabs = max(1, min(int(image_shape[0]), numba.get_num_threads()))
-    _adjoint_3d(np.ascontiguousarray(proj), origins, dirs, shape, spacing, strides, out.reshape(n_ch, n_pix), n_slabs)
+    _adjoint_3d(np.ascontiguousarray(proj), np.ascontiguousarray(views), u, v, shape, spacing, strides,
+                out.reshape(n_ch, -1), n_slabs)
     return out

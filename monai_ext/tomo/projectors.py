@@ -10,8 +10,9 @@ on any device (used on CUDA, or on CPU when numba is missing or ``backend="torch
 Memory: both backends work within ``memory_budget`` bytes beyond their inputs and outputs, whatever the scan's
 size. The rays (and, on the ``grid_sample`` path, the sample coordinates) of a scan are kept for reuse only when
 they fit in half the budget, as for the small operators that training applies thousands of times; otherwise they
-are computed on the fly, chunk by chunk of views and rays, for every call. The numba adjoint scatters into the
-output itself (one slab of planes per thread), so it holds no copy of the volume.
+are computed on the fly, chunk by chunk of views and rays, for every call. The numba cone-beam kernels compute
+each ray from a few numbers per view, and the adjoint scatters into the output itself (one slab of z planes per
+thread), so they hold neither a ray table nor a copy of the volume.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .geometry import ConeBeamGeometry, FanBeamGeometry, ParallelBeamGeometry
-from .joseph_cpu import HAS_NUMBA, joseph_adjoint_cpu, joseph_forward_cpu
+from .joseph_cpu import HAS_NUMBA, cone_adjoint_cpu, cone_forward_cpu, cone_view_table, joseph_adjoint_cpu, joseph_forward_cpu
 from .rays import geometry_rays, joseph_samples
 
 __all__ = ["RayProjector", "ParallelBeamProjector", "FanBeamProjector", "ConeBeamProjector", "check_finite", "DEFAULT_MEMORY_BUDGET"]
@@ -186,14 +187,15 @@ class RayProjector(torch.nn.Module):
     def _apply_forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
         flat = x.detach().reshape(b * c, *self.image_shape)
-        if self._use_numba(x):
+        if self._use_numba(x) and isinstance(self.geom, ConeBeamGeometry):  # rays computed inside the kernel
+            out = torch.from_numpy(cone_forward_cpu(flat.contiguous().numpy(), self._cone_table(), self.geom.pixel_size))
+        elif self._use_numba(x):
             image = flat.contiguous().numpy()
             out = torch.empty(b * c, self._n_rays, dtype=x.dtype)
             out_np = out.numpy()
             for views, rays in self._ray_slices():
                 origins, directions = self._rays(views, x.device)
-                part = joseph_forward_cpu(image, origins.numpy(), directions.numpy(), self.geom.pixel_size)
-                out_np[:, rays] = part
+                out_np[:, rays] = joseph_forward_cpu(image, origins.numpy(), directions.numpy(), self.geom.pixel_size)
         else:
             out = self._torch_forward(flat)
         return out.reshape(b, c, *self.projection_shape)
@@ -201,7 +203,9 @@ class RayProjector(torch.nn.Module):
     def _apply_adjoint(self, y: torch.Tensor) -> torch.Tensor:
         b, c = y.shape[:2]
         flat = y.detach().reshape(b * c, -1)
-        if self._use_numba(y):
+        if self._use_numba(y) and isinstance(self.geom, ConeBeamGeometry):
+            out = torch.from_numpy(cone_adjoint_cpu(flat.contiguous().numpy(), self._cone_table(), self.image_shape, self.geom.pixel_size))
+        elif self._use_numba(y):
             proj = flat.contiguous().numpy()
             out = torch.zeros(b * c, *self.image_shape, dtype=y.dtype)
             for views, rays in self._ray_slices():
@@ -213,6 +217,12 @@ class RayProjector(torch.nn.Module):
         else:
             out = self._torch_adjoint(flat)
         return out.reshape(b, c, *self.image_shape)
+
+    def _cone_table(self):
+        """Per-view source, panel centre and column axis for the numba cone-beam kernels (a few numbers a view)."""
+        if getattr(self, "_cone_views", None) is None:
+            self._cone_views = cone_view_table(self.geom)
+        return self._cone_views
 
     def _traced_apply(self, t: torch.Tensor, adjoint: bool) -> torch.Tensor:
         """``A t`` or ``A^T t`` as a gather and an ``index_add`` over the stored Joseph matrix (2D), so that
