@@ -13,7 +13,9 @@
     too); ``--size512`` adds 512^3 (360 views, 512 x 512 panel).
 
 Peak memory is the growth of the process's resident set during the call (``VmHWM`` after resetting it), so it
-covers torch, numpy, numba and ASTRA's C++ allocations alike; on CUDA, ``torch.cuda.max_memory_allocated``.
+covers torch, numpy, numba and ASTRA's C++ allocations alike (the script re-runs itself with a fixed glibc mmap
+threshold, so that blocks freed by an earlier call do not hide a later call's peak); on CUDA,
+``torch.cuda.max_memory_allocated``.
 
 The peers are optional and not dependencies of the project; to include them (CPU use; the wheels carry CUDA
 libraries they load at import):
@@ -38,6 +40,12 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: see scripts/setup_env.sh
+if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+    # glibc keeps freed large blocks in the heap once its mmap threshold adapts upwards, and a later call reuses
+    # them without growing the resident set: a fixed 1 MiB threshold returns every large block at once, so the
+    # resident-set peak of each call is that call's own
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(2**20)
+    os.execv(sys.executable, [sys.executable, *sys.argv])
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

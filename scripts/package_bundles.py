@@ -19,7 +19,7 @@ The zip holds the bundle folder (``<name>/configs``, ``docs``, ``models``, ``LIC
 archive only; the working tree is not modified). Archives are written atomically.
 
 Usage:
-    python scripts/package_bundles.py [--bundles NAME ...] [--out dist] [--schema ../shared/monai/meta_schema_20240725.json]
+    python scripts/package_bundles.py [--bundles NAME ...] [--out dist] [--schema scripts/schema/meta_schema_20240725.json]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SCHEMA = ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
+DEFAULT_SCHEMA = ROOT / "scripts" / "schema" / "meta_schema_20240725.json"  # vendored, see SOURCE.md beside it
 REQUIRED = ("configs/metadata.json", "configs/inference.json", "configs/logging.conf", "docs/README.md", "LICENSE")
 SKIP_DIRS = {"__pycache__", "outputs", ".ipynb_checkpoints"}
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
+SCHEMA = ROOT / "scripts" / "schema" / "meta_schema_20240725.json"  # vendored copy of the official schema
 BUNDLES = sorted(p for p in (ROOT / "bundles").iterdir() if p.is_dir())
 OFFICIAL_SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 
@@ -32,8 +32,7 @@ def test_bundle_layout(bundle):
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
 def test_verify_metadata_offline(bundle, tmp_path):
-    if not SCHEMA.is_file():
-        pytest.skip(f"schema file not found at {SCHEMA}")
+    assert SCHEMA.is_file(), f"the vendored schema is missing: {SCHEMA}"
     cmd = [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(bundle / "configs/metadata.json"), "--filepath", str(SCHEMA)]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

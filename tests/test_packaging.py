@@ -18,7 +18,6 @@ import package_bundles  # noqa: E402
 
 BUNDLES = sorted(p for p in (ROOT / "bundles").iterdir() if p.is_dir())
 SCHEMA = package_bundles.DEFAULT_SCHEMA
-needs_schema = pytest.mark.skipif(not SCHEMA.is_file(), reason=f"schema file not found at {SCHEMA}")
 
 
 def _copy(bundle: Path, dst: Path) -> Path:
@@ -27,7 +26,6 @@ def _copy(bundle: Path, dst: Path) -> Path:
     return target
 
 
-@needs_schema
 def test_refuses_bundle_without_changelog_entry(tmp_path):
     bundle = _copy(BUNDLES[0], tmp_path)
     meta_path = bundle / "configs" / "metadata.json"
@@ -39,7 +37,6 @@ def test_refuses_bundle_without_changelog_entry(tmp_path):
     assert not (tmp_path / "dist").exists() or not list((tmp_path / "dist").glob("*.zip"))
 
 
-@needs_schema
 def test_refuses_invalid_metadata_and_unparsable_config(tmp_path):
     bundle = _copy(BUNDLES[0], tmp_path)
     meta_path = bundle / "configs" / "metadata.json"
@@ -52,7 +49,6 @@ def test_refuses_invalid_metadata_and_unparsable_config(tmp_path):
     assert "network_data_format" in str(err.value) and "broken.json does not parse" in str(err.value)
 
 
-@needs_schema
 @pytest.mark.slow
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
 def test_zip_round_trip_runs_inference(bundle, tmp_path):

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from .geometry import ConeBeamGeometry, FanBeamGeometry, ParallelBeamGeometry
 from .joseph_cpu import HAS_NUMBA, cone_adjoint_cpu, cone_forward_cpu, cone_view_table, joseph_adjoint_cpu, joseph_forward_cpu
 from .rays import geometry_rays, joseph_samples
+from .streaming import stream_cone
 
 __all__ = ["RayProjector", "ParallelBeamProjector", "FanBeamProjector", "ConeBeamProjector", "check_finite", "DEFAULT_MEMORY_BUDGET"]
 
@@ -73,13 +74,16 @@ class RayProjector(torch.nn.Module):
         geom: a ``ParallelBeamGeometry``, ``FanBeamGeometry`` or ``ConeBeamGeometry``.
         backend: ``"auto"`` (numba on CPU when installed, ``grid_sample`` otherwise), ``"numba"`` or ``"torch"``.
         memory_budget: bytes of working memory a call may use beyond its input and output (default 256 MiB).
+        stream_device: cone beam only: compute on this device (e.g. ``"cuda"``) for inputs held elsewhere (host
+            memory), slab by slab of the volume (``streaming.py``), for scans larger than the device's memory.
+            Results return on the input's device. ``None`` (default): compute where the input is.
 
     Raises:
         ValueError: unknown backend, a budget that is not positive; input of the wrong shape or with non-finite
             values.
     """
 
-    def __init__(self, geom, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
+    def __init__(self, geom, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET, stream_device=None) -> None:
         super().__init__()
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}.")
@@ -87,9 +91,12 @@ class RayProjector(torch.nn.Module):
             raise ValueError("backend='numba' needs the numba package, which is not installed.")
         if not isinstance(memory_budget, int) or isinstance(memory_budget, bool) or memory_budget <= 0:
             raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}.")
+        if stream_device is not None and not isinstance(geom, ConeBeamGeometry):
+            raise ValueError(f"stream_device is for cone-beam volumes; a {type(geom).__name__} image is projected where it is.")
         self.geom = geom
         self.backend = backend
         self.memory_budget = memory_budget
+        self.stream_device = None if stream_device is None else torch.device(stream_device)
         self._rays_per_view = math.prod(self.projection_shape[1:])
         self._n_rays = self.geom.n_angles * self._rays_per_view
         self._ray_cache: dict = {}
@@ -158,7 +165,10 @@ class RayProjector(torch.nn.Module):
 
     # -- backends ------------------------------------------------------------------------------------------
     def _use_numba(self, t: torch.Tensor) -> bool:
-        return self.backend != "torch" and HAS_NUMBA and t.device.type == "cpu"
+        return self.backend != "torch" and HAS_NUMBA and t.device.type == "cpu" and not self._streams(t)
+
+    def _streams(self, t: torch.Tensor) -> bool:
+        return self.stream_device is not None and t.device != self.stream_device
 
     def _view_chunks(self, bytes_per_ray: int):
         """Slices of views whose rays take at most a quarter of the budget at ``bytes_per_ray`` each."""
@@ -187,7 +197,9 @@ class RayProjector(torch.nn.Module):
     def _apply_forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
         flat = x.detach().reshape(b * c, *self.image_shape)
-        if self._use_numba(x) and isinstance(self.geom, ConeBeamGeometry):  # rays computed inside the kernel
+        if self._streams(x):
+            out = stream_cone(self, flat, adjoint=False, device=self.stream_device)
+        elif self._use_numba(x) and isinstance(self.geom, ConeBeamGeometry):  # rays computed inside the kernel
             out = torch.from_numpy(cone_forward_cpu(flat.contiguous().numpy(), self._cone_table(), self.geom.pixel_size))
         elif self._use_numba(x):
             image = flat.contiguous().numpy()
@@ -203,7 +215,9 @@ class RayProjector(torch.nn.Module):
     def _apply_adjoint(self, y: torch.Tensor) -> torch.Tensor:
         b, c = y.shape[:2]
         flat = y.detach().reshape(b * c, -1)
-        if self._use_numba(y) and isinstance(self.geom, ConeBeamGeometry):
+        if self._streams(y):
+            out = stream_cone(self, flat, adjoint=True, device=self.stream_device)
+        elif self._use_numba(y) and isinstance(self.geom, ConeBeamGeometry):
             out = torch.from_numpy(cone_adjoint_cpu(flat.contiguous().numpy(), self._cone_table(), self.image_shape, self.geom.pixel_size))
         elif self._use_numba(y):
             proj = flat.contiguous().numpy()
@@ -372,10 +386,10 @@ class FanBeamProjector(RayProjector):
 class ConeBeamProjector(RayProjector):
     """3D circular cone-beam projector with a flat panel: ``(B, C, nz, ny, nx)`` -> ``(B, C, n_angles, rows, cols)``."""
 
-    def __init__(self, geom: ConeBeamGeometry, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
+    def __init__(self, geom: ConeBeamGeometry, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET, stream_device=None) -> None:
         if not isinstance(geom, ConeBeamGeometry):
             raise TypeError(f"geom must be a ConeBeamGeometry, got {type(geom).__name__}.")
-        super().__init__(geom, backend, memory_budget)
+        super().__init__(geom, backend, memory_budget, stream_device)
 
 
 def projector_for(geom, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET) -> RayProjector:
