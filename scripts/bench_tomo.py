@@ -13,9 +13,9 @@
     too); ``--size512`` adds 512^3 (360 views, 512 x 512 panel).
 
 Peak memory is the growth of the process's resident set during the call (``VmHWM`` after resetting it), so it
-covers torch, numpy, numba and ASTRA's C++ allocations alike (the script re-runs itself with a fixed glibc mmap
-threshold, so that blocks freed by an earlier call do not hide a later call's peak); on CUDA,
-``torch.cuda.max_memory_allocated``.
+covers torch, numpy, numba and ASTRA's C++ allocations alike; it is taken in a call of its own, with a 1 MiB glibc
+mmap threshold, so that blocks freed by earlier calls cannot hide a call's peak (the timed calls run with 32 MiB);
+on CUDA, ``torch.cuda.max_memory_allocated``.
 
 The peers are optional and not dependencies of the project; to include them (CPU use; the wheels carry CUDA
 libraries they load at import):
@@ -30,6 +30,7 @@ Usage: python scripts/bench_tomo.py [--out bench_results/bench_tomo.json] [--rep
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import os
@@ -40,12 +41,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: see scripts/setup_env.sh
-if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-    # glibc keeps freed large blocks in the heap once its mmap threshold adapts upwards, and a later call reuses
-    # them without growing the resident set: a fixed 1 MiB threshold returns every large block at once, so the
-    # resident-set peak of each call is that call's own
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(2**20)
-    os.execv(sys.executable, [sys.executable, *sys.argv])
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -83,17 +78,41 @@ def _reset_peak() -> None:
         pass
 
 
+def _mallopt_mmap_threshold(nbytes: int) -> None:
+    """glibc's mmap threshold: blocks at least this large are mapped on allocation and unmapped on free."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, int(nbytes))  # M_MMAP_THRESHOLD (fixing it also stops glibc adapting the trim threshold)
+        libc.mallopt(-1, 4 * int(nbytes))  # M_TRIM_THRESHOLD: keep the heap's free top between calls, as glibc would
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def measure(fn, repeats: int, device: str = "cpu", warmup: bool = True) -> dict:
-    """Median wall time over ``repeats`` calls after one warm-up, and the peak memory growth of one call."""
+    """Median wall time over ``repeats`` calls after one warm-up, and the peak memory growth of one more call.
+
+    The peak call runs with a 1 MiB glibc mmap threshold, so that large blocks freed by earlier calls are returned
+    to the system and cannot hide this call's own peak in the resident set; the timed calls run with 32 MiB (the
+    top of glibc's adaptive threshold on 64-bit), so that they do not pay a page fault for every large buffer.
+    """
+    _mallopt_mmap_threshold(32 * 2**20)
     if warmup:
         fn()  # warm-up: JIT compilation, caches
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
     else:
+        _mallopt_mmap_threshold(2**20)
         _reset_peak()
         base = _status("VmRSS")
+        fn()
+        peak = _status("VmHWM") - base
+        _mallopt_mmap_threshold(32 * 2**20)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -101,7 +120,6 @@ def measure(fn, repeats: int, device: str = "cpu", warmup: bool = True) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated() if device == "cuda" else _status("VmHWM")) - base
     return {"seconds": statistics.median(times), "peak_mib": max(peak, 0) / 2**20}
 
 
@@ -225,7 +243,7 @@ def _ratios(rows: list[dict]) -> dict:
         if r["method"].startswith(("ASTRA", "diffct")):
             for o in rows:
                 if o["case"] == r["case"] and o["op"] == r["op"] and o["method"].startswith("monai_ext"):
-                    ratios[f"{r['case']} | {r['op']} | {o['method']} / {r['method']}"] = o["seconds"] / r["seconds"]
+                    ratios[f"{r['case']}; {r['op']}; {o['method']} / {r['method']}"] = o["seconds"] / r["seconds"]
     return ratios
 
 

@@ -16,7 +16,8 @@ Network checks (``--check-networks``, Model Zoo CI style), per bundle where they
 
 The zip holds the bundle folder (``<name>/configs``, ``docs``, ``models``, ``LICENSE``, ``scripts`` if any) and a
 ``models/model_info.json`` listing the SHA-256 and size of every file under ``models/`` (written into the
-archive only; the working tree is not modified). Archives are written atomically.
+archive only; the working tree is not modified). Archives are written atomically, with ordinary file permissions,
+and are byte-reproducible: the same bundle gives the same bytes (sorted entries, fixed time stamps and modes).
 
 Usage:
     python scripts/package_bundles.py [--bundles NAME ...] [--out dist] [--schema scripts/schema/meta_schema_20240725.json]
@@ -160,21 +161,42 @@ def model_info(bundle: Path) -> dict:
     return {"bundle": bundle.name, "files": files}
 
 
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip can hold: entries carry no build time
+
+
+def _add_entry(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
+    """Add ``data`` as ``name`` with a fixed time stamp and ``rw-r--r--`` permissions, so that the same inputs
+    give the same archive bytes on any machine and a file unpacked from it is readable by everyone."""
+    info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.create_system = 3  # Unix, so that the permission bits below are read
+    info.external_attr = (0o100644 & 0xFFFF) << 16
+    archive.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
+
+
 def package_bundle(bundle: Path, out_dir: Path, schema_path: Path) -> Path:
-    """Check ``bundle`` and write ``out_dir/<name>_v<version>.zip``; returns the archive path."""
+    """Check ``bundle`` and write ``out_dir/<name>_v<version>.zip``; returns the archive path.
+
+    The archive is byte-reproducible (entries sorted, fixed time stamps and permissions) and is written atomically
+    with the permissions of an ordinary new file (``0o666`` less the umask).
+    """
     meta = check_bundle(bundle, schema_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{bundle.name}_v{meta['version']}.zip"
     fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".zip", dir=out_dir)
     os.close(fd)
     try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with zipfile.ZipFile(tmp, "w") as archive:
             for path in sorted(bundle.rglob("*")):
                 rel = path.relative_to(bundle)
                 if path.is_dir() or SKIP_DIRS.intersection(rel.parts) or rel.as_posix() == "models/model_info.json":
                     continue
-                archive.write(path, f"{bundle.name}/{rel.as_posix()}")
-            archive.writestr(f"{bundle.name}/models/model_info.json", json.dumps(model_info(bundle), indent=2) + "\n")
+                _add_entry(archive, f"{bundle.name}/{rel.as_posix()}", path.read_bytes())
+            info = json.dumps(model_info(bundle), indent=2) + "\n"
+            _add_entry(archive, f"{bundle.name}/models/model_info.json", info.encode())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 import zipfile
@@ -115,3 +117,40 @@ def test_export_refuses_a_network_that_differs(tmp_path, monkeypatch):
     bundle = next(b for b in BUNDLES if b.name == "ct_learned_reconstruction")
     with pytest.raises(package_bundles.BundleCheckError, match="differs"):
         package_bundles.export_network(bundle, tmp_path)
+
+
+def test_zips_are_byte_reproducible_with_ordinary_permissions(tmp_path):
+    bundle = _copy(BUNDLES[0], tmp_path / "src")
+    first = package_bundles.package_bundle(bundle, tmp_path / "a", SCHEMA)
+    for path in bundle.rglob("*"):  # touching the files must not change the archive
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+    second = package_bundles.package_bundle(bundle, tmp_path / "b", SCHEMA)
+    assert first.read_bytes() == second.read_bytes()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(first.stat().st_mode) == 0o666 & ~umask
+    with zipfile.ZipFile(first) as z:
+        assert {(i.external_attr >> 16) & 0o777 for i in z.infolist()} == {0o644}
+
+
+def test_pyproject_declares_every_third_party_package_monai_ext_imports():
+    import ast
+    import re
+    import tomllib
+
+    dist_of = {"skimage": "scikit-image", "ignite": "pytorch-ignite", "yaml": "pyyaml"}
+    declared = {
+        re.split(r"[<>=!~\[; ]", dep, maxsplit=1)[0].lower()
+        for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    imported = set()
+    for path in (ROOT / "monai_ext").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = {name for name in imported if name not in sys.stdlib_module_names and name not in ("monai_ext", "__future__")}
+    assert third_party >= {"torch", "numba", "pydicom"}  # the scan sees the package's imports
+    missing = sorted(dist_of.get(name, name) for name in third_party if dist_of.get(name, name).lower() not in declared)
+    assert not missing, f"pyproject.toml [project] dependencies lack {missing}"

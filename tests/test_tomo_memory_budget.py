@@ -7,8 +7,12 @@ through ``/proc/self/clear_refs``), so it covers every allocation, torch's and n
 from __future__ import annotations
 
 import ctypes
+import json
 import math
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -26,16 +30,15 @@ needs_numba = pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
 BUDGET = 32 * 2**20
 
 
-def _fixed_mmap_threshold() -> None:
-    """glibc raises its mmap threshold after large frees and then keeps freed blocks in the heap, where a later
-    call reuses them without growing the resident set (its peak would read low); a fixed threshold returns them."""
+def _mmap_threshold(nbytes: int) -> None:
+    """glibc's mmap threshold (blocks this large are unmapped when freed), and a trim of the heap's free top."""
     try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 2**20)  # M_MMAP_THRESHOLD
-    except OSError:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, int(nbytes))  # M_MMAP_THRESHOLD (fixing it also stops glibc adapting the trim threshold)
+        libc.mallopt(-1, 4 * int(nbytes))  # M_TRIM_THRESHOLD: keep the heap's free top between calls, as glibc would
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
         pass
-
-
-_fixed_mmap_threshold()
 
 
 def _status(field: str) -> int:
@@ -46,15 +49,39 @@ def _status(field: str) -> int:
 
 
 def _peak_growth(fn) -> tuple[object, int]:
-    _CLEAR_REFS.write_text("5")
-    base = _status("VmRSS")
-    result = fn()
-    return result, _status("VmHWM") - base
+    """``fn()`` and the growth of the resident set's peak during it. Large blocks freed earlier would be reused
+    without growing the resident set and hide the peak, so the call runs with a 1 MiB mmap threshold (glibc
+    otherwise raises its threshold after large frees and keeps them in the heap)."""
+    _mmap_threshold(2**20)
+    try:
+        _CLEAR_REFS.write_text("5")
+        base = _status("VmRSS")
+        result = fn()
+        return result, _status("VmHWM") - base
+    finally:
+        _mmap_threshold(32 * 2**20)
 
 
 def _cone(size: int, views: int) -> ConeBeamGeometry:
     return ConeBeamGeometry((size,) * 3, 256.0 / size, uniform_angles(views, 2 * math.pi), (size, size), 384.0 / size,
                             source_to_center=1000.0, source_to_detector=1500.0)
+
+
+def _in_fresh_process(body: str) -> dict:
+    """Run ``body`` (which sets ``result``, a dict) in a new interpreter with this module's helpers, and return
+    ``result``: a peak measured in the test process would depend on what earlier tests left in its heaps."""
+    code = (
+        "import json, math, sys, torch\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_tomo_memory_budget import BUDGET, _cone, _peak_growth\n"
+        "from monai_ext.tomo import ConeBeamProjector\n"
+        + textwrap.dedent(body)
+        + "\nprint('RESULT ' + json.dumps(result))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
 
 
 @needs_proc
@@ -63,42 +90,54 @@ def test_memory_budget_grid_sample_backend_stays_within_budget_and_matches_numba
     geom = _cone(64, 64)
     cached_grid_bytes = geom.n_angles * 64 * 64 * 64 * 3 * 4  # what the old whole-scan coordinate cache held
     assert cached_grid_bytes > 5 * BUDGET
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(1, 1, *geom.image_shape, generator=gen)
-    y = torch.rand(1, 1, *geom.projection_shape, generator=gen)
-    reference = ConeBeamProjector(geom, backend="numba")
-    ax_ref, aty_ref = reference(x), reference.adjoint(y)
-    op = ConeBeamProjector(geom, backend="torch", memory_budget=BUDGET)
-    op(x[:, :, :8, :8, :8].repeat(1, 1, 8, 8, 8))  # warm-up of torch's kernels outside the measurement
-    ax, forward_peak = _peak_growth(lambda: op(x))
-    aty, adjoint_peak = _peak_growth(lambda: op.adjoint(y))
-    outputs = {"forward": ax.numel() * 4, "adjoint": aty.numel() * 4}
-    assert forward_peak <= BUDGET + outputs["forward"], f"forward peak {forward_peak / 2**20:.1f} MiB"
-    assert adjoint_peak <= BUDGET + outputs["adjoint"], f"adjoint peak {adjoint_peak / 2**20:.1f} MiB"
-    assert not op._grid_cache, "coordinates over half the budget must not be kept"
-    torch.testing.assert_close(ax, ax_ref, rtol=2e-5, atol=2e-5 * float(ax_ref.abs().max()))
-    torch.testing.assert_close(aty, aty_ref, rtol=2e-5, atol=2e-5 * float(aty_ref.abs().max()))
+    result = _in_fresh_process("""
+        geom = _cone(64, 64)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.rand(1, 1, *geom.image_shape, generator=gen)
+        y = torch.rand(1, 1, *geom.projection_shape, generator=gen)
+        reference = ConeBeamProjector(geom, backend="numba")
+        ax_ref, aty_ref = reference(x), reference.adjoint(y)
+        op = ConeBeamProjector(geom, backend="torch", memory_budget=BUDGET)
+        op(x), op.adjoint(y)  # warm-up of torch's kernels outside the measurement
+        ax, forward_peak = _peak_growth(lambda: op(x))
+        aty, adjoint_peak = _peak_growth(lambda: op.adjoint(y))
+        result = {
+            "forward_peak": forward_peak, "adjoint_peak": adjoint_peak, "forward_out": ax.numel() * 4,
+            "adjoint_out": aty.numel() * 4, "kept": bool(op._grid_cache),
+            "forward_error": float((ax - ax_ref).abs().max() / ax_ref.abs().max()),
+            "adjoint_error": float((aty - aty_ref).abs().max() / aty_ref.abs().max()),
+        }
+    """)
+    assert result["forward_peak"] <= BUDGET + result["forward_out"], f"forward peak {result['forward_peak'] / 2**20:.1f} MiB"
+    assert result["adjoint_peak"] <= BUDGET + result["adjoint_out"], f"adjoint peak {result['adjoint_peak'] / 2**20:.1f} MiB"
+    assert not result["kept"], "coordinates over half the budget must not be kept"
+    assert result["forward_error"] < 2e-5 and result["adjoint_error"] < 2e-5, result
 
 
 @needs_proc
 @needs_numba
 def test_memory_budget_numba_backend_holds_no_ray_table_or_volume_copies():
-    small = ConeBeamProjector(_cone(16, 8), backend="numba")  # compiles the kernels outside the measurement
-    small.adjoint(small(torch.rand(1, 1, 16, 16, 16)))
-    geom = _cone(96, 90)  # 830 000 rays: a whole-scan ray table would take 120 MiB, a volume copy per thread 3.4 MiB
-    gen = torch.Generator().manual_seed(1)
-    x = torch.rand(1, 1, *geom.image_shape, generator=gen)
+    # 830 000 rays: a whole-scan ray table would take 120 MiB, a volume copy per thread 3.4 MiB
+    result = _in_fresh_process("""
+        small = ConeBeamProjector(_cone(16, 8), backend="numba")  # compiles the kernels outside the measurement
+        small.adjoint(small(torch.rand(1, 1, 16, 16, 16)))
+        geom = _cone(96, 90)
+        x = torch.rand(1, 1, *geom.image_shape, generator=torch.Generator().manual_seed(1))
 
-    def construct_and_project():
-        op = ConeBeamProjector(geom, backend="numba", memory_budget=BUDGET)
-        return op, op(x)
+        def construct_and_project():
+            op = ConeBeamProjector(geom, backend="numba", memory_budget=BUDGET)
+            return op, op(x)
 
-    (op, y), forward_peak = _peak_growth(construct_and_project)
-    aty, adjoint_peak = _peak_growth(lambda: op.adjoint(y))
-    assert forward_peak <= BUDGET + y.numel() * 4, f"forward peak {forward_peak / 2**20:.1f} MiB"
-    assert adjoint_peak <= BUDGET + aty.numel() * 4, f"adjoint peak {adjoint_peak / 2**20:.1f} MiB"
-    # chunked over views, the adjoint is still the exact transpose
-    assert abs(float((y * y).sum() / (x * aty).sum()) - 1.0) < 1e-4
+        (op, y), forward_peak = _peak_growth(construct_and_project)
+        aty, adjoint_peak = _peak_growth(lambda: op.adjoint(y))
+        result = {
+            "forward_peak": forward_peak, "adjoint_peak": adjoint_peak, "forward_out": y.numel() * 4,
+            "adjoint_out": aty.numel() * 4, "ratio": float((y * y).sum() / (x * aty).sum()),
+        }
+    """)
+    assert result["forward_peak"] <= BUDGET + result["forward_out"], f"forward peak {result['forward_peak'] / 2**20:.1f} MiB"
+    assert result["adjoint_peak"] <= BUDGET + result["adjoint_out"], f"adjoint peak {result['adjoint_peak'] / 2**20:.1f} MiB"
+    assert abs(result["ratio"] - 1.0) < 1e-4  # the adjoint is still the exact transpose
 
 
 @pytest.mark.parametrize("backend", ["torch"] + (["numba"] if HAS_NUMBA else []))

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .geometry import ConeBeamGeometry, FanBeamGeometry, ParallelBeamGeometry
-from .projectors import DEFAULT_MEMORY_BUDGET
+from .projectors import DEFAULT_MEMORY_BUDGET, all_finite
 
 __all__ = ["FILTERS", "ramp_filter", "filter_projections", "parker_weights", "fbp", "fdk", "FBP"]
 
@@ -293,7 +293,7 @@ def _check_projections(p: torch.Tensor, geom) -> None:
     if not isinstance(p, torch.Tensor) or p.ndim != 2 + len(expected) or tuple(p.shape[2:]) != tuple(expected):
         got = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
         raise ValueError(f"projections must have shape (B, C, {', '.join(map(str, expected))}), got {got}.")
-    if not torch.isfinite(p).all():
+    if not all_finite(p):
         raise ValueError("projections contain non-finite values (NaN or inf).")
 
 

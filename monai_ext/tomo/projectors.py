@@ -26,18 +26,26 @@ import torch.nn.functional as F
 from .geometry import ConeBeamGeometry, FanBeamGeometry, ParallelBeamGeometry
 from .joseph_cpu import HAS_NUMBA, cone_adjoint_cpu, cone_forward_cpu, cone_view_table, joseph_adjoint_cpu, joseph_forward_cpu
 from .rays import geometry_rays, joseph_samples
-from .streaming import stream_cone
+from .streaming import slab_grid, slab_ranges, stream_cone
 
-__all__ = ["RayProjector", "ParallelBeamProjector", "FanBeamProjector", "ConeBeamProjector", "check_finite", "DEFAULT_MEMORY_BUDGET"]
+__all__ = ["RayProjector", "ParallelBeamProjector", "FanBeamProjector", "ConeBeamProjector", "check_finite", "all_finite", "DEFAULT_MEMORY_BUDGET"]
 
 _BACKENDS = ("auto", "numba", "torch")
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of working memory beyond inputs and outputs
 _RAY_BYTES = 2 * 3 * 8 * 3  # origins and directions in float64, with the temporaries of geometry_rays
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` holds no NaN and no infinity, without a tensor-sized mask: its maximum and minimum are
+    finite exactly then (both propagate NaN)."""
+    if tensor.numel() == 0 or not tensor.is_floating_point():
+        return True
+    return bool(torch.isfinite(tensor.amax()) & torch.isfinite(tensor.amin()))
+
+
 def check_finite(name: str, tensor: torch.Tensor) -> None:
     """Raise ``ValueError`` naming ``name`` when ``tensor`` holds a NaN or an infinity."""
-    if not torch.isfinite(tensor).all():
+    if not all_finite(tensor):
         bad = int((~torch.isfinite(tensor)).sum())
         raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf).")
 
@@ -318,10 +326,8 @@ class RayProjector(torch.nn.Module):
         quarter of the budget (one slab for the small volumes of training)."""
         if len(self.image_shape) != 3:
             return [(0, self.image_shape[0])]
-        nz = self.image_shape[0]
         plane = n_channels * math.prod(self.image_shape[1:]) * (torch.finfo(dtype).bits // 8)
-        per = max(1, (self.memory_budget // 4) // plane - 1)
-        return [(z0, min(nz, z0 + per)) for z0 in range(0, nz, per)]
+        return slab_ranges(self.image_shape[0], plane, self.memory_budget // 4)
 
     def _torch_adjoint(self, flat: torch.Tensor) -> torch.Tensor:
         n_ch = flat.shape[0]
@@ -338,20 +344,13 @@ class RayProjector(torch.nn.Module):
                 image += grad_in
                 del grad_in, grad_out
                 continue
-            # each sample goes to the slab holding the lower of its two z neighbours (planes z0 .. z1 - 1, the
-            # first slab also -1): the slab is read with the next plane as a halo, and a sample kept by another
-            # slab is moved far outside, where it reads and writes nothing
-            iz = ((g[..., 2] + 1.0) * nz - 1.0) * 0.5
-            lower = torch.floor(iz)
-            for z0, z1 in slabs:
+            for z0, z1 in slabs:  # slab by slab: each sample counted by one slab (streaming.slab_grid)
                 top = min(nz, z1 + 1)
-                keep = (lower >= (z0 if z0 > 0 else -1)) & (lower < z1)
-                local = g.clone()
-                local[..., 2] = torch.where(keep, (2.0 * (iz - z0) + 1.0) / (top - z0) - 1.0, -3.0)
+                local = slab_grid(g, nz, z0, z1)
                 grad_in, _ = backward(grad_out, image[:, :, z0:top], local, 0, 0, False, [True, False])
                 image[:, :, z0:top] += grad_in
-                del grad_in, local, keep
-            del grad_out, iz, lower
+                del grad_in, local
+            del grad_out
         return image[0]
 
 

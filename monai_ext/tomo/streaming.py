@@ -21,13 +21,30 @@ import torch.nn.functional as F
 from .geometry import ConeBeamGeometry
 from .rays import geometry_rays, joseph_samples
 
-__all__ = ["slab_ranges", "rows_reaching", "stream_cone"]
+__all__ = ["slab_ranges", "slab_grid", "rows_reaching", "stream_cone"]
 
 
 def slab_ranges(nz: int, plane_bytes: int, budget: int) -> list[tuple[int, int]]:
     """z ranges ``[z0, z1)`` of slabs of at most ``budget`` bytes with their halo plane (at least one plane)."""
     per = max(1, budget // max(1, plane_bytes) - 1)
     return [(z0, min(nz, z0 + per)) for z0 in range(0, nz, per)]
+
+
+def slab_grid(grid: torch.Tensor, nz: int, z0: int, z1: int) -> torch.Tensor:
+    """``grid_sample`` coordinates ``(..., 3)`` of a whole volume of ``nz`` planes, recast to the slab of planes
+    ``z0 .. min(nz, z1 + 1) - 1`` (``[z0, z1)`` and its halo plane).
+
+    A sample belongs to the slab holding the lower of its two z neighbours (the first slab also takes samples whose
+    lower neighbour is below the volume); the others are moved far outside, where they read and write nothing. So
+    each sample is counted by exactly one slab, and the slabs' results add up to the whole volume's.
+    """
+    top = min(nz, z1 + 1)
+    iz = ((grid[..., 2] + 1.0) * nz - 1.0) * 0.5
+    lower = torch.floor(iz)
+    keep = (lower >= (z0 if z0 > 0 else -1)) & (lower < z1)
+    local = grid.clone()
+    local[..., 2] = torch.where(keep, (2.0 * (iz - z0) + 1.0) / (top - z0) - 1.0, -3.0)
+    return local
 
 
 def rows_reaching(geom: ConeBeamGeometry, z_lo: float, z_hi: float) -> tuple[int, int]:
@@ -106,12 +123,7 @@ def stream_cone(op, flat: torch.Tensor, adjoint: bool, device: torch.device) -> 
                 d = directions[:, a:b].reshape(-1, 3).to(device)
                 grid, weights = joseph_samples(o, d, geom.image_shape, geom.pixel_size)
                 del o, d
-                iz = ((grid[..., 2] + 1.0) * nz - 1.0) * 0.5
-                lower = torch.floor(iz)
-                keep = (lower >= (z0 if z0 > 0 else -1)) & (lower < z1)
-                grid[..., 2] = torch.where(keep, (2.0 * (iz - z0) + 1.0) / depth - 1.0, -3.0)
-                del iz, lower, keep
-                g = grid.to(dtype)[None, None]
+                g = slab_grid(grid, nz, z0, z1).to(dtype)[None, None]
                 w = weights.to(dtype)
                 del grid
                 shape = (n_ch, v1 - v0, b - a, n_cols)
