@@ -30,7 +30,6 @@ Usage: python scripts/bench_tomo.py [--out bench_results/bench_tomo.json] [--rep
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import math
 import os
@@ -49,14 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from monai_ext.phantoms import random_ellipsoids, shepp_logan  # noqa: E402
 from monai_ext.tomo import ConeBeamGeometry, ConeBeamProjector, ParallelBeamGeometry, ParallelBeamProjector, fbp, fdk, uniform_angles  # noqa: E402
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-    return 0
+from monai_ext.workflows.memory import peak_resident_growth  # noqa: E402
 
 
 def _processor() -> str:
@@ -70,25 +62,6 @@ def _processor() -> str:
     return platform.machine()
 
 
-def _reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        pass
-
-
-def _mallopt_mmap_threshold(nbytes: int) -> None:
-    """glibc's mmap threshold: blocks at least this large are mapped on allocation and unmapped on free."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, int(nbytes))  # M_MMAP_THRESHOLD (fixing it also stops glibc adapting the trim threshold)
-        libc.mallopt(-1, 4 * int(nbytes))  # M_TRIM_THRESHOLD: keep the heap's free top between calls, as glibc would
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def measure(fn, repeats: int, device: str = "cpu", warmup: bool = True) -> dict:
     """Median wall time over ``repeats`` calls after one warm-up, and the peak memory growth of one more call.
 
@@ -96,7 +69,6 @@ def measure(fn, repeats: int, device: str = "cpu", warmup: bool = True) -> dict:
     to the system and cannot hide this call's own peak in the resident set; the timed calls run with 32 MiB (the
     top of glibc's adaptive threshold on 64-bit), so that they do not pay a page fault for every large buffer.
     """
-    _mallopt_mmap_threshold(32 * 2**20)
     if warmup:
         fn()  # warm-up: JIT compilation, caches
     if device == "cuda":
@@ -107,12 +79,7 @@ def measure(fn, repeats: int, device: str = "cpu", warmup: bool = True) -> dict:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        _mallopt_mmap_threshold(2**20)
-        _reset_peak()
-        base = _status("VmRSS")
-        fn()
-        peak = _status("VmHWM") - base
-        _mallopt_mmap_threshold(32 * 2**20)
+        _, peak = peak_resident_growth(fn)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

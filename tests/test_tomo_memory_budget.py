@@ -6,7 +6,6 @@ through ``/proc/self/clear_refs``), so it covers every allocation, torch's and n
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import os
@@ -30,38 +29,6 @@ needs_numba = pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
 BUDGET = 32 * 2**20
 
 
-def _mmap_threshold(nbytes: int) -> None:
-    """glibc's mmap threshold (blocks this large are unmapped when freed), and a trim of the heap's free top."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, int(nbytes))  # M_MMAP_THRESHOLD (fixing it also stops glibc adapting the trim threshold)
-        libc.mallopt(-1, 4 * int(nbytes))  # M_TRIM_THRESHOLD: keep the heap's free top between calls, as glibc would
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
-def _peak_growth(fn) -> tuple[object, int]:
-    """``fn()`` and the growth of the resident set's peak during it. Large blocks freed earlier would be reused
-    without growing the resident set and hide the peak, so the call runs with a 1 MiB mmap threshold (glibc
-    otherwise raises its threshold after large frees and keeps them in the heap)."""
-    _mmap_threshold(2**20)
-    try:
-        _CLEAR_REFS.write_text("5")
-        base = _status("VmRSS")
-        result = fn()
-        return result, _status("VmHWM") - base
-    finally:
-        _mmap_threshold(32 * 2**20)
-
-
 def _cone(size: int, views: int) -> ConeBeamGeometry:
     return ConeBeamGeometry((size,) * 3, 256.0 / size, uniform_angles(views, 2 * math.pi), (size, size), 384.0 / size,
                             source_to_center=1000.0, source_to_detector=1500.0)
@@ -73,7 +40,8 @@ def _in_fresh_process(body: str) -> dict:
     code = (
         "import json, math, sys, torch\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "from test_tomo_memory_budget import BUDGET, _cone, _peak_growth\n"
+        "from test_tomo_memory_budget import BUDGET, _cone\n"
+        "from monai_ext.workflows.memory import peak_resident_growth as _peak_growth\n"
         "from monai_ext.tomo import ConeBeamProjector\n"
         + textwrap.dedent(body)
         + "\nprint('RESULT ' + json.dumps(result))\n"
@@ -156,3 +124,17 @@ def test_memory_budget_must_be_positive():
     for bad in (0, -5, 1.5, True):
         with pytest.raises(ValueError, match="memory_budget must be a positive number of bytes"):
             ParallelBeamProjector(geom, memory_budget=bad)
+
+
+@needs_proc
+def test_peak_resident_growth_sees_a_freed_peak_and_ignores_a_reused_block():
+    from monai_ext.workflows.memory import peak_resident_growth
+
+    def temporary():  # 64 MiB allocated, written and freed inside the call
+        return float(torch.ones(16 * 2**20).sum())
+
+    value, peak = peak_resident_growth(temporary)
+    assert value == 16 * 2**20 and 60 * 2**20 <= peak <= 80 * 2**20
+    kept = torch.ones(16 * 2**20)
+    _, peak = peak_resident_growth(lambda: kept.mul_(2.0))  # in place: nothing new
+    assert peak < 8 * 2**20

@@ -4,7 +4,7 @@ from .comparison import compare_methods, evaluate_methods, markdown_table, noise
 from .dynamic_pet_inference import DynamicPETPrepareBatch, SaveDynamicSeriesd, dynamic_pet_cases
 from .methods import check_choice, count_parameters, load_method_weights, select_method
 from .configs import config_content
-from .memory import measure_peak_memory, release_freed_memory, resident_bytes
+from .memory import measure_peak_memory, peak_resident_growth, release_freed_memory, resident_bytes
 from .reconstruction import KeyedPrepareBatch, ReconstructionSummary, SaveReconstructiond, orthogonal_slices
 from .volume_comparison import compare_volume_methods, evaluate_volume_methods, volume_table
 
@@ -28,6 +28,7 @@ __all__ = [
     "config_content",
     "orthogonal_slices",
     "measure_peak_memory",
+    "peak_resident_growth",
     "release_freed_memory",
     "resident_bytes",
     "evaluate_volume_methods",
