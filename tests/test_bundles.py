@@ -76,3 +76,8 @@ def test_inference_runs_on_builtin_example_from_any_directory(bundle, tmp_path):
         data = np.asarray(nib.load(str(nifti)).dataobj)
         assert np.isfinite(data).all() and data.std() > 0
     assert summary.get("mean_psnr_db", 0) > 20.0, summary
+    # the metadata's figures are what this run measures (as the Model Zoo expects of eval_metrics)
+    metrics = json.loads((bundle / "configs/metadata.json").read_text())["eval_metrics"]
+    assert abs(metrics["psnr_db_example"] - summary["mean_psnr_db"]) <= 0.011, (metrics, summary["mean_psnr_db"])
+    if "ssim_example" in metrics:
+        assert abs(metrics["ssim_example"] - summary["mean_ssim"]) <= 0.0011, (metrics, summary["mean_ssim"])
