@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -32,7 +31,8 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from monai_ext.tomo import ConeBeamGeometry, ConeBeamProjector, uniform_angles  # noqa: E402
+from bench_tomo import _cone_geometry  # noqa: E402  (scripts/ is this script's folder)
+from monai_ext.tomo import ConeBeamProjector  # noqa: E402
 from monai_ext.tomo.rays import geometry_rays  # noqa: E402
 
 
@@ -59,8 +59,7 @@ def main() -> None:
     args = parser.parse_args()
 
     size, n_views = args.size, args.views
-    geom = ConeBeamGeometry((size,) * 3, 256.0 / size, uniform_angles(n_views, 2 * math.pi), (size, size),
-                            1.5 * 256.0 / size * 1.1, source_to_center=1000.0, source_to_detector=1500.0)
+    geom = _cone_geometry(size, n_views, size)  # the geometry of bench_tomo.py's cone-beam rows
     samples = n_views * size**3
     base = load_revision_kernels(args.base)
     origins, directions = (t.reshape(-1, 3).contiguous().numpy() for t in geometry_rays(geom, torch.float64))

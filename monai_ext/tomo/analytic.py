@@ -93,6 +93,15 @@ def _detector_grid(pos: torch.Tensor, n: int, spacing: float, offset: float, ove
     return (2 * idx + 1) / (n * oversample) - 1
 
 
+def _on_circle(angles: tuple[float, ...], period: float) -> tuple[np.ndarray, np.ndarray]:
+    """The angles taken modulo ``period`` and sorted on that circle: their order, and the gap after each sorted
+    angle (the last one's across the wrap-around)."""
+    a = np.mod(np.asarray(angles, dtype=np.float64), period)
+    order = np.argsort(a, kind="stable")
+    s = a[order]
+    return order, np.diff(np.concatenate([s, [s[0] + period]]))
+
+
 def _angular_weights(angles: tuple[float, ...], period: float) -> torch.Tensor:
     """Quadrature weight of each view for an integral over angles of period ``period``.
 
@@ -102,15 +111,9 @@ def _angular_weights(angles: tuple[float, ...], period: float) -> torch.Tensor:
     angle set (random, incomplete, repeated), so a missing view widens its neighbours' share instead of scaling
     the image.
     """
-    a = np.mod(np.asarray(angles, dtype=np.float64), period)
-    if a.size == 1:
-        return torch.tensor([period], dtype=torch.float64)
-    order = np.argsort(a, kind="stable")
-    s = a[order]
-    gaps = np.diff(np.concatenate([s, [s[0] + period]]))  # gap after each sorted view, the last across the wrap
-    w_sorted = 0.5 * (gaps + np.roll(gaps, 1))
-    w = np.empty_like(w_sorted)
-    w[order] = w_sorted
+    order, gaps = _on_circle(angles, period)
+    w = np.empty_like(gaps)
+    w[order] = 0.5 * (gaps + np.roll(gaps, 1))
     return torch.as_tensor(w)
 
 
@@ -155,10 +158,7 @@ def parker_weights(angles: tuple[float, ...], u: torch.Tensor, source_to_detecto
 
 def _circular_gaps(angles: tuple[float, ...], period: float) -> np.ndarray:
     """Gaps between neighbouring angles on the circle of length ``period``, sorted in decreasing order."""
-    a = np.sort(np.mod(np.asarray(angles, dtype=np.float64), period))
-    if a.size < 2:
-        return np.array([period])
-    return np.sort(np.diff(np.concatenate([a, [a[0] + period]])))[::-1]
+    return np.sort(_on_circle(angles, period)[1])[::-1]
 
 
 def _is_short_scan(angles: tuple[float, ...]) -> bool:

@@ -39,31 +39,41 @@ _JIT = dict(cache=True, fastmath=True, boundscheck=False)
 if HAS_NUMBA:
 
     @njit(**_JIT)
-    def _ray_setup(origins, dirs, r, shape, spacing):
-        """Driving axis of ray ``r``, its ray length per plane and ``1 / direction`` along that axis."""
+    def _driving(d, spacing):
+        """Driving axis of a ray of direction ``d`` (an array row or a tuple), its ray length per plane and
+        ``1 / direction`` along that axis."""
         axis, best = 0, -1.0
-        for a in range(dirs.shape[1]):
-            s = abs(dirs[r, a]) / spacing[a]
+        for a in range(len(d)):
+            s = abs(d[a]) / spacing[a]
             if s > best:
                 axis, best = a, s
-        return axis, spacing[axis] / abs(dirs[r, axis]), 1.0 / dirs[r, axis]
+        return axis, spacing[axis] / abs(d[axis]), 1.0 / d[axis]
 
     @njit(**_JIT)
-    def _minor_line(origins, dirs, r, a, b, inv, shape, spacing):
-        """``q(k) = q0 + k * dq``: continuous index along minor axis ``b`` of ray ``r`` at plane ``k`` of axis ``a``."""
-        db = dirs[r, b] / spacing[b]
-        q0 = origins[r, b] / spacing[b] + 0.5 * (shape[b] - 1) + (-0.5 * (shape[a] - 1) * spacing[a] - origins[r, a]) * inv * db
+    def _minor_line(o, d, a, b, inv, shape, spacing):
+        """``q(k) = q0 + k * dq``: continuous index along minor axis ``b`` of the ray through ``o`` along ``d`` at
+        plane ``k`` of axis ``a``."""
+        db = d[b] / spacing[b]
+        q0 = o[b] / spacing[b] + 0.5 * (shape[b] - 1) + (-0.5 * (shape[a] - 1) * spacing[a] - o[a]) * inv * db
         return q0, spacing[a] * inv * db
 
     @njit(**_JIT)
-    def _plane_range(q0, dq, nb, k0, k1):
-        """Narrow ``[k0, k1)`` to the planes where ``-1 < q0 + k dq < nb`` (the ray touches the image), with margin."""
+    def _planes(q0, dq, lo, hi, k0, k1, margin):
+        """The planes ``k`` of ``[k0, k1)`` where ``lo <= q0 + k dq < hi``.
+
+        ``margin > 0`` widens the range by that many planes at each end (a superset, for loops that check each
+        sample); ``margin < 0`` narrows it (a subset on which the condition surely holds despite rounding). An
+        empty range is returned as ``(k0, k0)``.
+        """
         if dq == 0.0:
-            return (k0, k1) if -1.0 < q0 < nb else (0, 0)
-        lo, hi = (-1.0 - q0) / dq, (nb - q0) / dq
-        if lo > hi:
-            lo, hi = hi, lo
-        return max(k0, int(math.floor(lo)) - 1), min(k1, int(math.ceil(hi)) + 2)
+            eps = 0.0 if margin > 0 else 1e-9
+            return (k0, k1) if lo + eps <= q0 < hi - eps else (k0, k0)
+        t0, t1 = (lo - q0) / dq, (hi - q0) / dq
+        if t0 > t1:
+            t0, t1 = t1, t0
+        t0, t1 = max(t0, k0 - 4.0), min(t1, k1 + 4.0)  # clamp before int(): a near-zero dq gives huge values
+        a, b = max(k0, int(math.floor(t0)) - margin), min(k1, int(math.ceil(t1)) + margin)
+        return (a, b) if a < b else (k0, k0)
 
     @njit(parallel=True, **_JIT)
     def _forward_2d(image, origins, dirs, shape, spacing, strides, out):
@@ -71,11 +81,12 @@ if HAS_NUMBA:
         for ch in range(image.shape[0]):
             img, res = image[ch], out[ch]
             for r in prange(n_rays):
-                a, weight, inv = _ray_setup(origins, dirs, r, shape, spacing)
+                o, d = origins[r], dirs[r]
+                a, weight, inv = _driving(d, spacing)
                 b = 1 - a
                 na, nb, sa, sb = shape[a], shape[b], strides[a], strides[b]
-                q0, dq = _minor_line(origins, dirs, r, a, b, inv, shape, spacing)
-                k_lo, k_hi = _plane_range(q0, dq, nb, 0, na)
+                q0, dq = _minor_line(o, d, a, b, inv, shape, spacing)
+                k_lo, k_hi = _planes(q0, dq, -1.0, nb * 1.0, 0, na, 2)
                 acc = 0.0
                 for k in range(k_lo, k_hi):
                     q = q0 + k * dq
@@ -97,12 +108,13 @@ if HAS_NUMBA:
             for th in prange(n_threads):
                 p = proj[ch]
                 for r in range(th * chunk, min(n_rays, (th + 1) * chunk)):
-                    a, weight, inv = _ray_setup(origins, dirs, r, shape, spacing)
+                    o, d = origins[r], dirs[r]
+                    a, weight, inv = _driving(d, spacing)
                     b = 1 - a
                     na, nb = shape[a], shape[b]
                     img = out[th, a, ch]
-                    q0, dq = _minor_line(origins, dirs, r, a, b, inv, shape, spacing)
-                    k_lo, k_hi = _plane_range(q0, dq, nb, 0, na)
+                    q0, dq = _minor_line(o, d, a, b, inv, shape, spacing)
+                    k_lo, k_hi = _planes(q0, dq, -1.0, nb * 1.0, 0, na, 2)
                     w = weight * p[r]
                     for k in range(k_lo, k_hi):
                         q = q0 + k * dq
@@ -138,46 +150,12 @@ if HAS_NUMBA:
     @njit(**_JIT)
     def _setup_3d(o, d, shape, spacing):
         """Driving axis ``a``, minor axes ``b, c``, ray length per plane and the minor index lines
-        ``q(k) = q0 + k dq`` of a ray with origin ``o`` and direction ``d`` (as ``_ray_setup`` and ``_minor_line``)."""
-        a, best = 0, -1.0
-        for ax in range(3):
-            t = abs(d[ax]) / spacing[ax]
-            if t > best:
-                a, best = ax, t
-        inv = 1.0 / d[a]
-        weight = spacing[a] / abs(d[a])
+        ``q(k) = q0 + k dq`` of the ray through ``o`` along ``d``."""
+        a, weight, inv = _driving(d, spacing)
         b, c = _minor_axes(a)
-        start = -0.5 * (shape[a] - 1) * spacing[a] - o[a]
-        db, dc = d[b] / spacing[b], d[c] / spacing[c]
-        qb0 = o[b] / spacing[b] + 0.5 * (shape[b] - 1) + start * inv * db
-        qc0 = o[c] / spacing[c] + 0.5 * (shape[c] - 1) + start * inv * dc
-        return a, b, c, weight, qb0, spacing[a] * inv * db, qc0, spacing[a] * inv * dc
-
-    @njit(**_JIT)
-    def _window(q0, dq, lo, hi, k0, k1):
-        """Narrow ``[k0, k1)`` to the planes where ``lo <= q0 + k dq < hi``, widened by two planes at each end
-        (callers check each sample of the margin)."""
-        if dq == 0.0:
-            return (k0, k1) if lo <= q0 < hi else (k0, k0)
-        t0, t1 = (lo - q0) / dq, (hi - q0) / dq
-        if t0 > t1:
-            t0, t1 = t1, t0
-        t0, t1 = max(t0, k0 - 4.0), min(t1, k1 + 4.0)  # clamp before int(): a near-zero dq gives huge values
-        a, b = max(k0, int(math.floor(t0)) - 2), min(k1, int(math.ceil(t1)) + 2)
-        return (a, b) if a < b else (k0, k0)
-
-    @njit(**_JIT)
-    def _inner(q0, dq, lo, hi, k0, k1):
-        """A sub-range of ``[k0, k1)`` on which surely ``lo <= q0 + k dq < hi`` (shrunk by one plane at each end
-        against rounding), or an empty range at ``k0``."""
-        if dq == 0.0:
-            return (k0, k1) if lo + 1e-9 <= q0 < hi - 1e-9 else (k0, k0)
-        t0, t1 = (lo - q0) / dq, (hi - q0) / dq
-        if t0 > t1:
-            t0, t1 = t1, t0
-        t0, t1 = max(t0, k0 - 4.0), min(t1, k1 + 4.0)
-        a, b = max(k0, int(math.ceil(t0)) + 1), min(k1, int(math.floor(t1)) - 1)
-        return (a, b) if a < b else (k0, k0)
+        qb0, dqb = _minor_line(o, d, a, b, inv, shape, spacing)
+        qc0, dqc = _minor_line(o, d, a, c, inv, shape, spacing)
+        return a, b, c, weight, qb0, dqb, qc0, dqc
 
     @njit(**_JIT)
     def _sample(img, k, qb, qc, nb, nc, sa, sb, sc):
@@ -211,10 +189,10 @@ if HAS_NUMBA:
                 a, b, c, weight, qb0, dqb, qc0, dqc = _setup_3d(o, d, shape, spacing)
                 na, nb, nc = shape[a], shape[b], shape[c]
                 sa, sb, sc = strides[a], strides[b], strides[c]
-                k_lo, k_hi = _plane_range(qb0, dqb, nb, 0, na)
-                k_lo, k_hi = _plane_range(qc0, dqc, nc, k_lo, k_hi)
-                f0, f1 = _inner(qb0, dqb, 0.0, nb - 1.0, k_lo, k_hi)
-                f0, f1 = _inner(qc0, dqc, 0.0, nc - 1.0, f0, f1)
+                k_lo, k_hi = _planes(qb0, dqb, -1.0, nb * 1.0, 0, na, 2)
+                k_lo, k_hi = _planes(qc0, dqc, -1.0, nc * 1.0, k_lo, k_hi, 2)
+                f0, f1 = _planes(qb0, dqb, 0.0, nb - 1.0, k_lo, k_hi, -2)
+                f0, f1 = _planes(qc0, dqc, 0.0, nc - 1.0, f0, f1, -2)
                 if f0 == f1:
                     f0 = f1 = k_lo
                 acc = 0.0
@@ -266,18 +244,18 @@ if HAS_NUMBA:
                     a, b, c, weight, qb0, dqb, qc0, dqc = _setup_3d(o, d, shape, spacing)  # c is z unless z drives
                     na, nb, nc = shape[a], shape[b], shape[c]
                     sa, sb, sc = strides[a], strides[b], strides[c]
-                    k_lo, k_hi = _plane_range(qb0, dqb, nb, 0, na)
-                    k_lo, k_hi = _plane_range(qc0, dqc, nc, k_lo, k_hi)
+                    k_lo, k_hi = _planes(qb0, dqb, -1.0, nb * 1.0, 0, na, 2)
+                    k_lo, k_hi = _planes(qc0, dqc, -1.0, nc * 1.0, k_lo, k_hi, 2)
                     if a == 2:  # planes are z slices: keep this slab's
                         k_lo, k_hi = max(k_lo, z_lo), min(k_hi, z_hi)
                         c_lo, c_hi = 0, nc
                     else:  # samples whose z neighbours touch [z_lo, z_hi)
-                        k_lo, k_hi = _window(qc0, dqc, z_lo - 1.0, z_hi * 1.0, k_lo, k_hi)
+                        k_lo, k_hi = _planes(qc0, dqc, z_lo - 1.0, z_hi * 1.0, k_lo, k_hi, 2)
                         c_lo, c_hi = z_lo, z_hi
                     if k_lo >= k_hi:
                         continue
-                    f0, f1 = _inner(qb0, dqb, 0.0, nb - 1.0, k_lo, k_hi)
-                    f0, f1 = _inner(qc0, dqc, c_lo * 1.0, c_hi - 1.0, f0, f1)
+                    f0, f1 = _planes(qb0, dqb, 0.0, nb - 1.0, k_lo, k_hi, -2)
+                    f0, f1 = _planes(qc0, dqc, c_lo * 1.0, c_hi - 1.0, f0, f1, -2)
                     if f0 == f1:
                         f0 = f1 = k_lo
                     w = weight * p[r]
