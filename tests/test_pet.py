@@ -76,12 +76,6 @@ def full_model(geom, dtype=F64, n_frames=3, batch=1, backend="auto", seed=0):
     )
 
 
-def adjoint_mismatch(model, x, y):
-    lhs = (model(x) * y).sum(dtype=F64)
-    rhs = (x * model.adjoint(y)).sum(dtype=F64)
-    return float((lhs - rhs).abs() / lhs.abs())
-
-
 # -- scanner -------------------------------------------------------------------------------------------------------
 
 
@@ -133,11 +127,8 @@ def test_image_wider_than_the_fov_is_refused():
 # -- PSF and system model ------------------------------------------------------------------------------------------
 
 
-def test_psf_is_self_adjoint_with_the_right_width():
+def test_psf_has_the_right_width():
     psf = GaussianPSF(10.0, (2.0, 2.5))
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(2, 3, 40, 36, generator=g, dtype=F64), torch.rand(2, 3, 40, 36, generator=g, dtype=F64)
-    assert float((psf(x) * y).sum() - (x * psf.adjoint(y)).sum()) == pytest.approx(0.0, abs=1e-10)
     delta = torch.zeros(1, 1, 40, 36, dtype=F64)
     delta[0, 0, 20, 18] = 1.0
     blurred = psf(delta)[0, 0]
@@ -150,27 +141,14 @@ def test_psf_is_self_adjoint_with_the_right_width():
         assert variance == pytest.approx((10.0 / FWHM_PER_SIGMA) ** 2 + d**2 / 12, rel=0.02)
 
 
-@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (F64, 1e-10)])
-def test_system_model_adjointness(geom, dtype, tol):
-    model = full_model(geom, dtype=dtype, n_frames=3, batch=2)
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(2, 3, *SHAPE, generator=g, dtype=F64).to(dtype)
-    y = torch.rand(2, 3, *geom.sinogram_shape, generator=g, dtype=F64).to(dtype)
-    assert adjoint_mismatch(model, x, y) < tol
-
-
-def test_system_model_adjointness_grid_sample_path_and_plane_stack(geom):
+def test_system_model_stack_of_planes_shape(geom):
+    """A 3D image as a stack of direct planes, with an axial PSF (adjointness: ``test_operators.py``)."""
     g = torch.Generator().manual_seed(2)
-    # the device-generic grid_sample backend (the CUDA path), run on the CPU
-    model = full_model(geom, dtype=F64, n_frames=2, backend="torch")
-    x, y = torch.rand(1, 2, *SHAPE, generator=g, dtype=F64), torch.rand(1, 2, *geom.sinogram_shape, generator=g, dtype=F64)
-    assert adjoint_mismatch(model, x, y) < 1e-10
-    # a 3D image as a stack of direct planes, with an axial PSF
     mu = torch.full((1, 1, 4, *SHAPE), MU_WATER, dtype=F64)
     stack = PETSystemModel(geom, n_planes=4, plane_spacing=8.0, psf_fwhm=(8.0, 10.0), mu_map=mu)
     x, y = torch.rand(2, 3, 4, *SHAPE, generator=g, dtype=F64), torch.rand(2, 3, 4, *geom.sinogram_shape, generator=g, dtype=F64)
     assert stack(x).shape == (2, 3, 4, *geom.sinogram_shape)
-    assert adjoint_mismatch(stack, x, y) < 1e-10
+    assert stack.adjoint(y).shape == x.shape
 
 
 def test_frames_go_through_in_one_projector_call(geom):

@@ -46,20 +46,6 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", list(GEOMETRIES))
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float64, 1e-10)])
-def test_adjointness(name, backend, dtype, tol):
-    geom = GEOMETRIES[name]
-    op = projector_for(geom, backend)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand((2, 3, *geom.image_shape), generator=gen, dtype=dtype)
-    y = torch.rand((2, 3, *op.projection_shape), generator=gen, dtype=dtype)
-    lhs = (op(x).double() * y.double()).sum()
-    rhs = (x.double() * op.adjoint(y).double()).sum()
-    assert abs(float(lhs / rhs) - 1.0) < tol, (name, backend, float(lhs), float(rhs))
-
-
 @pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed")
 @pytest.mark.parametrize("name", list(GEOMETRIES))
 def test_backends_compute_the_same_operator(name):

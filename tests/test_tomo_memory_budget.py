@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from monai_ext.tomo import ConeBeamGeometry, ConeBeamProjector, ParallelBeamGeometry, ParallelBeamProjector, uniform_angles
+from monai_ext.tomo import ConeBeamGeometry, ParallelBeamGeometry, ParallelBeamProjector, uniform_angles
 from monai_ext.tomo.joseph_cpu import HAS_NUMBA
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 __all__ = ["ConvBlock", "operator_spatial_dims"]
@@ -60,7 +59,8 @@ class ConvBlock(nn.Sequential):
 
 
 def operator_spatial_dims(operator, spatial_dims: int | None, attribute: str) -> int:
-    """Spatial dimensionality of an operator's domain (``attribute="image_shape"``) or range (``"projection_shape"``).
+    """Spatial dimensionality of an operator's domain (``attribute="image_shape"``, a ``LinearOperator``'s
+    ``in_shape``) or range (``"projection_shape"``, its ``out_shape``).
 
     Raises:
         ValueError: ``spatial_dims`` not given and the operator has no such attribute, or not 1-3.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from monai_ext.solvers.operators import check_measurements, normalize_operator
+from monai_ext.operators import check_measurements, normalise_operator
 
 from .blocks import ConvBlock, operator_spatial_dims
 
@@ -127,7 +127,7 @@ class InvertiblePrimalDual(nn.Module):
             raise ValueError(f"image_scale must be positive, got {image_scale}.")
         primal_dims = operator_spatial_dims(operator, spatial_dims, "image_shape")
         dual_dims = operator_spatial_dims(operator, dual_spatial_dims, "projection_shape")
-        self.operator = normalize_operator(operator, norm)
+        self.operator = normalise_operator(operator, norm)
         self.initial = initial
         self.half_primal, self.half_dual = int(n_primal) // 2, int(n_dual) // 2
         self.image_scale, self.memory_efficient = float(image_scale), bool(memory_efficient)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from monai_ext.solvers.operators import check_measurements, normalize_operator
+from monai_ext.operators import check_measurements, normalise_operator
 
 from .blocks import ConvBlock, operator_spatial_dims
 
@@ -82,7 +82,7 @@ class LearnedPrimalDual(nn.Module):
             raise ValueError(f"image_scale must be positive, got {image_scale}.")
         primal_dims = operator_spatial_dims(operator, spatial_dims, "image_shape")
         dual_dims = operator_spatial_dims(operator, dual_spatial_dims, "projection_shape")
-        self.operator = normalize_operator(operator, norm)
+        self.operator = normalise_operator(operator, norm)
         self.initial = initial
         self.n_primal, self.n_dual, self.image_scale = int(n_primal), int(n_dual), float(image_scale)
         self.dual_blocks = nn.ModuleList(ConvBlock(dual_dims, self.n_dual + 2, self.n_dual, features, zero_last=zero_init) for _ in range(int(n_iter)))

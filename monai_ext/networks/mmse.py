@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from monai_ext.solvers.operators import check_measurements
+from monai_ext.operators import check_measurements
 
 __all__ = ["LinearMMSE"]
 

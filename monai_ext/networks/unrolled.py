@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from monai_ext.solvers.operators import check_measurements, normalize_operator
+from monai_ext.operators import check_measurements, normalise_operator
 
 from .blocks import ConvBlock, operator_spatial_dims
 
@@ -73,7 +73,7 @@ class UnrolledProximalGradient(nn.Module):
         if not image_scale > 0:
             raise ValueError(f"image_scale must be positive, got {image_scale}.")
         dims = operator_spatial_dims(operator, spatial_dims, "image_shape")
-        self.operator = normalize_operator(operator, norm)
+        self.operator = normalise_operator(operator, norm)
         self.image_scale, self.shared, self._n_iter = float(image_scale), bool(shared), int(n_iter)
         n_blocks = 1 if self.shared else self._n_iter
         self.proximals = nn.ModuleList(ConvBlock(dims, 1, 1, features, n_layers, zero_last=zero_init) for _ in range(n_blocks))

@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from monai_ext.flags import as_flag
+from monai_ext.operators import LinearOperator
 from monai_ext.networks.blind_deconvolution import ImageGenerator, KernelGenerator
 from monai_ext.phantoms.spheres import gaussian_kernel
 
@@ -85,18 +85,24 @@ def embed_kernel(kernel: torch.Tensor, size) -> torch.Tensor:
     return F.pad(kernel, (diff[2] // 2,) * 2 + (diff[1] // 2,) * 2 + (diff[0] // 2,) * 2)
 
 
-class BlurDownsample(nn.Module):
+class BlurDownsample(LinearOperator):
     """``y = D (k * x)``: valid 3D convolution with a kernel (by FFT), then the mean over 2 x 2 x 2 blocks.
 
     ``x`` has shape ``2 N + K - 1`` per axis for a measured ``y`` of shape ``N`` and kernel size ``K`` (odd); a
     smaller kernel is zero-padded centrally to ``K``. The operator is linear in ``x`` for a fixed ``k`` (and in ``k``
     for a fixed ``x``); :meth:`adjoint` is its exact adjoint in ``x``.
 
+    The kernel is given to each call (``op(x, k)``, as the blind deconvolution does with its learned kernel) or fixed
+    at construction (``kernel=``), which makes ``op`` a :class:`~monai_ext.operators.LinearOperator` in ``x``; with
+    ``measured_shape`` its ``in_shape``/``out_shape`` are known too.
+
     Args:
         kernel_size: the kernel size ``K`` per axis ``(z, y, x)`` (odd).
+        kernel: a fixed ``(1, 1, kz, ky, kx)`` kernel (optional).
+        measured_shape: ``N`` per axis (optional).
 
     Raises:
-        ValueError: an even kernel size, or inputs whose shapes do not match.
+        ValueError: an even kernel size, inputs whose shapes do not match, no kernel at all.
 
     Example:
         >>> op = BlurDownsample(5)
@@ -104,20 +110,25 @@ class BlurDownsample(nn.Module):
         >>> k = torch.full((1, 1, 3, 3, 3), 1 / 27)
         >>> op(x, k).shape
         torch.Size([1, 1, 6, 8, 8])
+        >>> BlurDownsample(5, kernel=k, measured_shape=(6, 8, 8)).adjointness_test() < 1e-12
+        True
     """
 
-    def __init__(self, kernel_size) -> None:
-        super().__init__()
-        self.kernel_size = _triple(kernel_size)
-        if any(k < 1 or k % 2 == 0 for k in self.kernel_size):
-            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}.")
+    def __init__(self, kernel_size, kernel: torch.Tensor | None = None, measured_shape=None) -> None:
+        size = _triple(kernel_size)
+        if any(k < 1 or k % 2 == 0 for k in size):
+            raise ValueError(f"kernel_size must be odd, got {size}.")
+        measured = None if measured_shape is None else _triple_shape(measured_shape)
+        super().__init__(None if measured is None else tuple(2 * n + k - 1 for n, k in zip(measured, size)), measured)
+        self.kernel_size = size
+        self.register_buffer("kernel", None if kernel is None else kernel.detach(), persistent=False)
 
     @property
     def margin(self) -> tuple[int, int, int]:
         """Voxels of ``x`` beyond the 2x field of view on each side, ``K // 2``."""
         return tuple(k // 2 for k in self.kernel_size)
 
-    def image_shape(self, measured_shape) -> tuple[int, int, int]:
+    def input_shape(self, measured_shape) -> tuple[int, int, int]:
         """Shape of ``x`` for a measured shape ``N``: ``2 N + K - 1``."""
         return tuple(2 * n + k - 1 for n, k in zip(_triple_shape(measured_shape), self.kernel_size))
 
@@ -135,7 +146,14 @@ class BlurDownsample(nn.Module):
         if any(v <= 0 or v % 2 for v in valid):
             raise ValueError(f"image shape {tuple(x_shape[-3:])} is not 2 N + K - 1 for kernel size {self.kernel_size}.")
 
-    def forward(self, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    def _kernel(self, kernel: torch.Tensor | None) -> torch.Tensor:
+        if kernel is None and self.kernel is None:
+            raise ValueError("BlurDownsample needs a kernel: give one to the call (op(x, k)) or to the constructor (kernel=).")
+        return self.kernel if kernel is None else kernel
+
+    def forward(self, x: torch.Tensor, kernel: torch.Tensor | None = None) -> torch.Tensor:
+        """``D (k * x)``."""
+        kernel = self._kernel(kernel).to(device=x.device, dtype=x.dtype)
         self._check(x.shape)
         shape = x.shape[-3:]
         blurred = torch.fft.irfftn(torch.fft.rfftn(x, dim=(-3, -2, -1)) * self._kernel_spectrum(kernel, shape), s=shape, dim=(-3, -2, -1))
@@ -143,8 +161,9 @@ class BlurDownsample(nn.Module):
         valid = blurred[..., k[0] - 1 :, k[1] - 1 :, k[2] - 1 :]
         return F.avg_pool3d(valid, 2)
 
-    def adjoint(self, y: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    def adjoint(self, y: torch.Tensor, kernel: torch.Tensor | None = None) -> torch.Tensor:
         """``D^T`` (copy each value to its 8 children, divided by 8), then correlation with ``k`` (full size)."""
+        kernel = self._kernel(kernel).to(device=y.device, dtype=y.dtype)
         k = self.kernel_size
         shape = tuple(2 * n + kk - 1 for n, kk in zip(y.shape[-3:], k))
         spread = F.interpolate(y, scale_factor=2, mode="nearest") / 8.0

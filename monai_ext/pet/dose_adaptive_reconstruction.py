@@ -115,10 +115,8 @@ class DoseAdaptiveReconstruction(torch.nn.Module):
         scale = sensitivity.reshape(-1, 1, 1, 1) * frame_durations[..., None, None]
         model = PETSystemModel(
             self.geometry, psf_fwhm=self.psf_fwhm, attenuation_factors=attenuation_factors[:, None],
-            normalisation=normalisation[:, None], scale=scale, background=background,
+            normalisation=normalisation[:, None], scale=scale, background=background, projector=self.projector,
         )
-        if self.projector is not None:
-            model.projector = self.projector
         return model
 
     def forward(

@@ -43,10 +43,7 @@ def system_model_of(exam: DynamicPETExam, projector: str = "sparse_matrix") -> P
     """
     if projector not in PROJECTORS:
         raise ValueError(f"projector must be one of {PROJECTORS}, got {projector!r}.")
-    model = exam.system_model()
-    if projector == "sparse_matrix":
-        model.projector = SparseMatrixProjector(model.geometry)
-    return model
+    return exam.system_model(projector=SparseMatrixProjector(exam.geometry) if projector == "sparse_matrix" else None)
 
 
 @dataclass(eq=False)

@@ -13,6 +13,10 @@ and sensitivity image; one OSEM iteration is one pass over the data, about as co
 moves about as far as ``n_subsets`` MLEM iterations. Pixels with zero sensitivity are set to zero.
 
 All frames and batch elements of a ``(B, T, ...)`` input are reconstructed together, in the same projector calls.
+
+The model is any non-negative linear operator (:class:`monai_ext.operators.LinearOperator`): a ``PETSystemModel``,
+a CT projector, a composition. OSEM needs one that can be restricted to a subset of views (``view_subset``, with
+its views along ``view_axis`` of the data): ``PETSystemModel`` and the ``monai_ext.tomo`` projectors.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from typing import Any
 
 import torch
 
+from ..operators import LinearOperator, check_measurements
+from ..operators.checks import check_batched
 from .likelihood import DEFAULT_EPS, poisson_nll
 from .system_model import GaussianPSF, PETSystemModel, take_views
 
@@ -60,7 +66,7 @@ class ReconInfo:
 
 def mlem(
     y: torch.Tensor,
-    model: PETSystemModel,
+    model: LinearOperator,
     n_iter: int = 50,
     *,
     x0: torch.Tensor | None = None,
@@ -74,12 +80,14 @@ def mlem(
     """Maximum-likelihood expectation maximisation.
 
     Args:
-        y: counts ``(B, C, *sinogram_shape)``, non-negative and finite; ``C`` is free (frames).
-        model: the system model ``A`` (its ``background`` is used unless ``background`` is given).
+        y: counts ``(B, C, *out_shape)``, non-negative and finite; ``C`` is free (frames).
+        model: the system model ``A``, any non-negative ``LinearOperator`` (a ``PETSystemModel``'s ``background`` is
+            used unless ``background`` is given).
         n_iter: iterations.
         x0: positive initial image ``(B, C, *image_shape)``; default: uniform, matching the total counts.
         background: expected background ``b`` (counts), overriding ``model.background``.
-        post_filter_fwhm: FWHM in mm of a Gaussian post-filter of the returned image (0: none).
+        post_filter_fwhm: FWHM in mm of a Gaussian post-filter of the returned image (0: none); needs a model with a
+            pixel size (``pixel_size`` or ``geometry.pixel_size``).
         compute_likelihood: record the log-likelihood per iteration (free for MLEM but one extra projection).
         eps: lower clamp of ``A x + b`` in the ratio ``y / (A x + b)``.
         callback: called as ``callback(k, x)`` after iteration ``k`` (1-based).
@@ -89,7 +97,8 @@ def mlem(
         ``(x, info)``: the image ``(B, C, *image_shape)`` and a ``ReconInfo``.
 
     Raises:
-        ValueError: ``y`` of the wrong shape, negative or non-finite; a negative ``x0``; ``n_iter`` < 0.
+        ValueError: ``y`` of the wrong shape, negative or non-finite; a negative ``x0``; ``n_iter`` < 0; a post-filter
+            for a model without a pixel size.
 
     Example:
         >>> x, info = mlem(counts, model, n_iter=50, post_filter_fwhm=5.0)
@@ -103,7 +112,7 @@ def mlem(
 
 def osem(
     y: torch.Tensor,
-    model: PETSystemModel,
+    model: LinearOperator,
     n_iter: int = 10,
     n_subsets: int = 8,
     *,
@@ -121,6 +130,7 @@ def osem(
 
     Raises:
         ValueError: as ``mlem``, and ``n_subsets`` outside ``[1, n_views]``.
+        TypeError: ``n_subsets > 1`` for a model without ``view_subset``.
     """
     return _expectation_maximisation(
         y, model, n_iter, n_subsets, x0, background, post_filter_fwhm, compute_likelihood, eps, callback, progress, "osem"
@@ -131,25 +141,38 @@ def _expectation_maximisation(
     y, model, n_iter, n_subsets, x0, background, post_filter_fwhm, compute_likelihood, eps, callback, progress, name
 ):
     start = time.perf_counter()
-    model.check_sinogram("y", y)
+    check_measurements(model, y, "y")
     if (y < 0).any():
         raise ValueError(f"y must be non-negative counts, got a minimum of {float(y.min())}.")
     if int(n_iter) != n_iter or n_iter < 0:
         raise ValueError(f"n_iter must be a non-negative integer, got {n_iter}.")
-    n_views = model.geometry.n_angles
+    if n_subsets != 1 and not hasattr(model, "view_subset"):
+        raise TypeError(f"OSEM with n_subsets={n_subsets} needs a model with view_subset (a PETSystemModel or a tomo projector), got {type(model).__name__}.")
+    n_views = model.geometry.n_angles if hasattr(model, "view_subset") else 1
     if int(n_subsets) != n_subsets or not 1 <= n_subsets <= n_views:
         raise ValueError(f"n_subsets must be an integer in [1, {n_views}], got {n_subsets}.")
-    b = model.background if background is None else model.check_sinogram_factor("background", background)
+    pixel_size = getattr(model, "pixel_size", None) or getattr(getattr(model, "geometry", None), "pixel_size", None)
+    if post_filter_fwhm > 0 and pixel_size is None:
+        raise ValueError(f"post_filter_fwhm={post_filter_fwhm} mm needs the pixel size, which {type(model).__name__} does not have.")
+    view_axis = getattr(model, "view_axis", -2)
+    if background is None:
+        b = getattr(model, "background", None)
+    elif isinstance(model, PETSystemModel):
+        b = model.check_sinogram_factor("background", background)
+    else:
+        if not isinstance(background, torch.Tensor) or (background < 0).any():
+            raise ValueError("background must be a non-negative tensor broadcastable to y.")
+        b = background.detach()
     b = torch.zeros((), dtype=y.dtype, device=y.device) if b is None else b.to(device=y.device, dtype=y.dtype)
 
     with torch.no_grad():
         subsets = [torch.arange(s, n_views, n_subsets) for s in range(n_subsets)]
         models = [model] if n_subsets == 1 else [model.view_subset(idx) for idx in subsets]
-        ys = [y] if n_subsets == 1 else [take_views(y, idx) for idx in subsets]
-        bs = [b] if n_subsets == 1 or b.ndim == 0 else [take_views(b, idx) for idx in subsets]
+        ys = [y] if n_subsets == 1 else [take_views(y, idx, view_axis) for idx in subsets]
+        bs = [b] if n_subsets == 1 or b.ndim == 0 else [take_views(b, idx, view_axis) for idx in subsets]
         bs = bs * (n_subsets // len(bs))
         tiny = torch.finfo(y.dtype).tiny
-        subset_sens = [m.sensitivity().to(device=y.device, dtype=y.dtype) for m in models]
+        subset_sens = [_sensitivity(m, y) for m in models]
         inverse_sens = [torch.where(s > 0, 1.0 / s.clamp_min(tiny), torch.zeros_like(s)) for s in subset_sens]
 
         if x0 is None:  # uniform inside the sensitive region, with sum(A x0) = sum(y)
@@ -157,7 +180,7 @@ def _expectation_maximisation(
             level = y.flatten(2).sum(-1) / sens.flatten(2).sum(-1).clamp_min(tiny)
             x = level.reshape(*level.shape, *(1,) * len(model.image_shape)) * (sens > 0).to(y.dtype)
         else:
-            model.check_image("x0", x0)
+            check_batched("x0", x0, model.in_shape, f"this {type(model).__name__}")
             if (x0 < 0).any():
                 raise ValueError(f"x0 must be non-negative, got a minimum of {float(x0.min())}.")
             x = x0.to(device=y.device, dtype=y.dtype).clone()
@@ -184,7 +207,7 @@ def _expectation_maximisation(
         if compute_likelihood and n_subsets == 1:
             history.append(log_likelihood(model(x) + b))
         if post_filter_fwhm > 0:
-            x = GaussianPSF(post_filter_fwhm, model.pixel_size, spatial_dims=len(model.image_shape))(x)
+            x = GaussianPSF(post_filter_fwhm, pixel_size, spatial_dims=len(model.image_shape))(x)
 
     per_sinogram = torch.stack(history).cpu() if history else torch.zeros(0, *y.shape[:2], dtype=torch.float64)
     info = ReconInfo(
@@ -196,3 +219,10 @@ def _expectation_maximisation(
         elapsed_s=time.perf_counter() - start,
     )
     return x, info
+
+
+def _sensitivity(model, y: torch.Tensor) -> torch.Tensor:
+    """``A^T 1`` in ``y``'s dtype: the PET model's own (from its float64 factors), else the adjoint of ones."""
+    if isinstance(model, PETSystemModel):
+        return model.sensitivity().to(device=y.device, dtype=y.dtype)
+    return model.adjoint(torch.ones((1, 1, *model.out_shape), dtype=y.dtype, device=y.device))

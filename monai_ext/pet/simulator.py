@@ -145,16 +145,17 @@ class DynamicPETExam:
         """``trues + background``, ``(T, n_views, n_bins)``."""
         return self.trues + self.background
 
-    def system_model(self, backend: str = "auto") -> PETSystemModel:
+    def system_model(self, backend: str = "auto", projector=None) -> PETSystemModel:
         """The model that produced the data, for ``(1, T, ny, nx)`` images: ``expected_counts(activity[None])`` gives
-        back ``expected_counts[None]`` (see ``batch_system_model`` for several exams)."""
-        return batch_system_model([self], backend)
+        back ``expected_counts[None]`` (see ``batch_system_model`` for several exams, and for ``projector``)."""
+        return batch_system_model([self], backend, projector)
 
 
-def batch_system_model(exams: Sequence[DynamicPETExam], backend: str = "auto") -> PETSystemModel:
+def batch_system_model(exams: Sequence[DynamicPETExam], backend: str = "auto", projector=None) -> PETSystemModel:
     """One model for a batch of exams of the same scanner, geometry, PSF, normalisation and schedule, acting on
     ``(B, T, ny, nx)`` images: each exam keeps its attenuation ``(B, 1, V, R)``, frame scale ``(B, T, 1, 1)`` and
-    background ``(B, T, V, R)``.
+    background ``(B, T, V, R)``. ``projector``: the 2D projector to inject (e.g. a ``SparseMatrixProjector`` of the
+    exams' geometry); default the ray-driven one with ``backend``.
 
     Raises:
         ValueError: an empty list, or exams that differ in geometry, PSF, schedule or normalisation.
@@ -173,7 +174,8 @@ def batch_system_model(exams: Sequence[DynamicPETExam], backend: str = "auto") -
         normalisation=first.normalisation,
         scale=torch.stack([e.frame_scale for e in exams])[:, :, None, None],
         background=torch.stack([e.background for e in exams]),
-        backend=backend,
+        projector=projector,
+        backend=backend if projector is None else "auto",
     )
 
 

@@ -7,7 +7,6 @@ per-bin multiplicative factor. The expected background ``b`` (randoms + scatter)
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -15,8 +14,9 @@ import numpy as np
 import torch
 from monai.networks.layers.simplelayers import separable_filtering
 
-from ..tomo import ParallelBeamGeometry, ParallelBeamProjector
-from ..tomo.projectors import check_finite
+from ..operators import Diagonal, LinearOperator, PerPlane
+from ..operators.checks import check_finite
+from ..tomo import JosephProjector, ParallelBeamGeometry, ParallelBeamProjector
 from .scanner import PETScanner
 
 __all__ = ["GaussianPSF", "PETSystemModel"]
@@ -24,7 +24,7 @@ __all__ = ["GaussianPSF", "PETSystemModel"]
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 
-class GaussianPSF(torch.nn.Module):
+class GaussianPSF(LinearOperator):
     """Separable image-space Gaussian blur with zero padding; self-adjoint.
 
     ``(G x)_i = sum_j g(i - j) x_j`` over the image (zero outside), with ``g`` a product of 1D kernels: the
@@ -38,6 +38,8 @@ class GaussianPSF(torch.nn.Module):
         pixel_size: pixel size in mm, one value or one per spatial axis.
         spatial_dims: 2 for ``(B, C, H, W)`` images, 3 for ``(B, C, D, H, W)``.
 
+    The operator works on any spatial shape (``in_shape`` is ``None``; pass ``shape=`` to ``norm()``).
+
     Raises:
         ValueError: a negative FWHM or a non-positive pixel size.
 
@@ -46,6 +48,8 @@ class GaussianPSF(torch.nn.Module):
         >>> psf(torch.ones(1, 20, 64, 64)).shape
         torch.Size([1, 20, 64, 64])
     """
+
+    shape_preserving = True
 
     def __init__(self, fwhm: float | Sequence[float], pixel_size: float | Sequence[float], spatial_dims: int = 2) -> None:
         super().__init__()
@@ -84,7 +88,7 @@ class GaussianPSF(torch.nn.Module):
         return f"fwhm={self.fwhm} mm, pixel_size={self.pixel_size} mm"
 
 
-class PETSystemModel(torch.nn.Module):
+class PETSystemModel(LinearOperator):
     """Linear PET system model on batched images, with the expected background kept separate.
 
     .. math::
@@ -103,6 +107,10 @@ class PETSystemModel(torch.nn.Module):
       e.g. ``(1, T, 1, 1)`` for one value per frame.
     - ``b``: expected background counts (randoms + scatter), not part of ``A``; used by ``expected_counts``.
 
+    ``A`` is the composition ``Diagonal(m) @ P @ G`` of :mod:`monai_ext.operators` (``self.operator``), with the
+    projector ``P`` injected (``projector=``, e.g. a ``SparseMatrixProjector``; by default a
+    ``ParallelBeamProjector``) and applied plane by plane (``PerPlane``) for a stack of planes.
+
     ``a``, ``n``, ``s`` and ``b`` are buffers broadcast against ``(B, C, *sinogram_shape)`` (size 1 or the full size
     along each axis); they follow ``.to(device)`` and are cast to the input's device and dtype at each call.
     ``adjoint`` is the exact transpose of ``forward`` (``G`` is self-adjoint, ``P^T`` is exact, ``diag(m)`` is
@@ -118,11 +126,14 @@ class PETSystemModel(torch.nn.Module):
         normalisation: ``n``.
         scale: ``s``.
         background: ``b``.
-        backend: projector backend, see ``monai_ext.tomo.RayProjector``.
+        projector: the 2D projector ``P`` of ``geometry`` (a ``monai_ext.tomo.JosephProjector``: ray-driven or sparse
+            matrix); default ``ParallelBeamProjector(geometry, backend)``.
+        backend: backend of the default projector, see ``monai_ext.tomo.RayProjector``.
 
     Raises:
         ValueError: inputs of the wrong shape or with NaN/inf; negative factors or background; both ``mu_map`` and
-            ``attenuation_factors``; an axial PSF without ``plane_spacing``.
+            ``attenuation_factors``; an axial PSF without ``plane_spacing``; a projector of another geometry, or
+            both ``projector`` and ``backend``.
 
     Example:
         >>> from monai_ext.pet import DEMO_SCANNER
@@ -144,19 +155,33 @@ class PETSystemModel(torch.nn.Module):
         normalisation: torch.Tensor | None = None,
         scale: float | torch.Tensor = 1.0,
         background: torch.Tensor | None = None,
+        projector: JosephProjector | None = None,
         backend: str = "auto",
     ) -> None:
-        super().__init__()
         if not isinstance(geometry, ParallelBeamGeometry):
             raise TypeError(f"geometry must be a ParallelBeamGeometry, got {type(geometry).__name__}.")
-        self.geometry = geometry
-        self.projector = ParallelBeamProjector(geometry, backend=backend)
-        self.n_planes = None if n_planes is None else int(n_planes)
-        if self.n_planes is not None and self.n_planes < 1:
+        if n_planes is not None and int(n_planes) < 1:
             raise ValueError(f"n_planes must be a positive integer or None, got {n_planes}.")
+        plane_in, plane_out = tuple(geometry.image_shape), tuple(geometry.sinogram_shape)
+        planes = () if n_planes is None else (int(n_planes),)
+        super().__init__((*planes, *plane_in), (*planes, *plane_out))
+        if projector is None:
+            projector = ParallelBeamProjector(geometry, backend=backend)
+        elif backend != "auto":
+            raise ValueError(f"give either projector or backend, not both (got backend={backend!r}).")
+        elif not isinstance(projector, LinearOperator) or (projector.in_shape, projector.out_shape) != (plane_in, plane_out):
+            raise ValueError(
+                f"projector must be a LinearOperator from {plane_in} images to {plane_out} sinograms (the geometry's), "
+                f"got {type(projector).__name__} {getattr(projector, 'in_shape', None)} -> {getattr(projector, 'out_shape', None)}."
+            )
+        self.geometry = geometry
+        self.projector = projector
+        self.n_planes = None if n_planes is None else int(n_planes)
         self.plane_spacing = plane_spacing
         self.psf_fwhm = psf_fwhm
         self.psf = self._build_psf(psf_fwhm, plane_spacing)
+        self.factors = Diagonal(1.0)
+        self.operator = self.factors @ (projector if n_planes is None else PerPlane(projector, self.n_planes)) @ self.psf
         self.register_buffer("attenuation_factors", None)
         self.register_buffer("normalisation", None)
         self.register_buffer("scale", None)
@@ -193,14 +218,12 @@ class PETSystemModel(torch.nn.Module):
 
     # -- shapes --------------------------------------------------------------------------------------------
     @property
-    def image_shape(self) -> tuple[int, ...]:
-        plane = tuple(self.geometry.image_shape)
-        return plane if self.n_planes is None else (self.n_planes, *plane)
-
-    @property
     def sinogram_shape(self) -> tuple[int, ...]:
-        plane = tuple(self.geometry.sinogram_shape)
-        return plane if self.n_planes is None else (self.n_planes, *plane)
+        """``out_shape``, under the PET name."""
+        return self.out_shape
+
+    #: axis of the views in a sinogram ``(..., n_views, n_bins)`` (for ordered subsets)
+    view_axis = -2
 
     @property
     def pixel_size(self) -> tuple[float, ...]:
@@ -260,20 +283,24 @@ class PETSystemModel(torch.nn.Module):
         if (mu < 0).any():
             raise ValueError(f"mu_map must be non-negative (1/mm), got a minimum of {float(mu.min())}.")
         with torch.no_grad():
-            factors = torch.exp(-self._project(mu.to(torch.float64)))
+            factors = torch.exp(-self.operator.outer.inner(mu.to(torch.float64)))  # P mu, plane by plane
         self.attenuation_factors = factors
+        self._refresh_factors()
 
     def set_attenuation_factors(self, factors: torch.Tensor | None) -> None:
         """Set ``a`` directly (``None`` for no attenuation)."""
         self.attenuation_factors = self.check_sinogram_factor("attenuation_factors", factors)
+        self._refresh_factors()
 
     def set_normalisation(self, normalisation: torch.Tensor | None) -> None:
         """Set ``n`` (``None`` for ones)."""
         self.normalisation = self.check_sinogram_factor("normalisation", normalisation)
+        self._refresh_factors()
 
     def set_scale(self, scale: float | torch.Tensor) -> None:
         """Set ``s``: a float or a tensor such as ``(1, T, 1, 1)`` (sensitivity x frame duration)."""
         self.scale = self.check_sinogram_factor("scale", scale, allow_scalar=True)
+        self._refresh_factors()
 
     def set_background(self, background: torch.Tensor | None) -> None:
         """Set the expected background ``b`` (counts; ``None`` for zero)."""
@@ -287,25 +314,21 @@ class PETSystemModel(torch.nn.Module):
                 m = m * f
         return m
 
+    def _refresh_factors(self) -> None:
+        if self.scale is not None:  # the constructor sets the scale after the other factors
+            self.factors.set_weights(self.multiplicative_factor())
+
     # -- checks --------------------------------------------------------------------------------------------
-    def _check(self, name: str, t: torch.Tensor, spatial: tuple[int, ...]) -> None:
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")
-        if t.ndim != 2 + len(spatial) or tuple(t.shape[2:]) != spatial:
-            raise ValueError(
-                f"{name} must have shape (B, C, {', '.join(map(str, spatial))}) for this system model, got {tuple(t.shape)}."
-            )
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}.")
-        check_finite(name, t)
+    def _describe(self) -> str:
+        return "this system model"
 
     def check_image(self, name: str, x: torch.Tensor) -> None:
         """Raise ``ValueError`` naming ``name`` unless ``x`` is a finite ``(B, C, *image_shape)`` tensor."""
-        self._check(name, x, self.image_shape)
+        self.check_input(x, name)
 
     def check_sinogram(self, name: str, y: torch.Tensor) -> None:
         """Raise ``ValueError`` naming ``name`` unless ``y`` is a finite ``(B, C, *sinogram_shape)`` tensor."""
-        self._check(name, y, self.sinogram_shape)
+        self.check_output(y, name)
 
     def _factor_like(self, factor: torch.Tensor, t: torch.Tensor, name: str) -> torch.Tensor:
         for axis in (0, 1):
@@ -317,29 +340,17 @@ class PETSystemModel(torch.nn.Module):
         return factor.to(device=t.device, dtype=t.dtype)
 
     # -- operators -----------------------------------------------------------------------------------------
-    def _project(self, x: torch.Tensor) -> torch.Tensor:
-        if self.n_planes is None:
-            return self.projector(x)
-        b, c = x.shape[:2]
-        y = self.projector(x.reshape(b, c * self.n_planes, *x.shape[3:]))
-        return y.reshape(b, c, self.n_planes, *y.shape[2:])
-
-    def _backproject(self, y: torch.Tensor) -> torch.Tensor:
-        if self.n_planes is None:
-            return self.projector.adjoint(y)
-        b, c = y.shape[:2]
-        x = self.projector.adjoint(y.reshape(b, c * self.n_planes, *y.shape[3:]))
-        return x.reshape(b, c, self.n_planes, *x.shape[2:])
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``A x``: expected true counts of images ``x`` ``(B, C, *image_shape)``, shape ``(B, C, *sinogram_shape)``."""
         self.check_image("x", x)
-        return self._project(self.psf(x)) * self._factor_like(self.multiplicative_factor(), x, "factors")
+        self._factor_like(self.factors.weights, x, "factors")
+        return self.operator(x)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """``A^T y = G P^T (m y)``, the exact transpose of ``forward``."""
         self.check_sinogram("y", y)
-        return self.psf.adjoint(self._backproject(y * self._factor_like(self.multiplicative_factor(), y, "factors")))
+        self._factor_like(self.factors.weights, y, "factors")
+        return self.operator.adjoint(y)
 
     def expected_counts(self, x: torch.Tensor, background: torch.Tensor | None = None) -> torch.Tensor:
         """``A x + b`` with ``b`` = ``background`` if given, else the model's ``background`` (zero when unset)."""
@@ -350,36 +361,36 @@ class PETSystemModel(torch.nn.Module):
     def sensitivity(self) -> torch.Tensor:
         """The sensitivity image ``A^T 1``, shape ``(B_m, C_m, *image_shape)`` with ``B_m, C_m`` the factors' leading
         sizes (1 when the factors are shared), broadcastable against any batch of frames."""
-        m = self.multiplicative_factor()
-        ones = torch.ones((1, 1, *self.sinogram_shape), dtype=m.dtype, device=m.device)
-        return self.psf.adjoint(self._backproject(ones * m))
+        m = self.factors.weights
+        return self.operator.adjoint(torch.ones((1, 1, *self.sinogram_shape), dtype=m.dtype, device=m.device))
 
     def view_subset(self, views: Sequence[int] | torch.Tensor) -> PETSystemModel:
         """The model restricted to some views (for ordered subsets): same PSF and factors, projector on the subset's
         angles, factors and background sliced along the view axis."""
+        if not hasattr(self.projector, "view_subset"):
+            raise TypeError(f"the model's projector ({type(self.projector).__name__}) has no view_subset: ordered subsets need one.")
+        projector = self.projector.view_subset(views)
         idx = torch.as_tensor(views, dtype=torch.long).reshape(-1)
-        if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= self.geometry.n_angles:
-            raise ValueError(f"views must be non-empty indices below n_views={self.geometry.n_angles}, got {views}.")
-        geom = dataclasses.replace(self.geometry, angles=tuple(self.geometry.angles[i] for i in idx.tolist()))
         sub = PETSystemModel(
-            geom,
+            projector.geometry,
             n_planes=self.n_planes,
             plane_spacing=self.plane_spacing,
             psf_fwhm=self.psf_fwhm,
-            backend=self.projector.backend,
+            attenuation_factors=take_views(self.attenuation_factors, idx),
+            normalisation=take_views(self.normalisation, idx),
+            scale=take_views(self.scale, idx),
+            background=take_views(self.background, idx),
+            projector=projector,
         )
-        sub.attenuation_factors = take_views(self.attenuation_factors, idx)
-        sub.normalisation = take_views(self.normalisation, idx)
-        sub.scale = take_views(self.scale, idx)
-        sub.background = take_views(self.background, idx)
-        return sub
+        return sub.to(self.factors.weights.device)
 
     def extra_repr(self) -> str:
         return f"image_shape={self.image_shape}, sinogram_shape={self.sinogram_shape}, psf_fwhm={self.psf_fwhm} mm"
 
 
-def take_views(t: torch.Tensor | None, views: torch.Tensor) -> torch.Tensor | None:
-    """``t[..., views, :]`` when ``t`` has a full view axis (second to last), else ``t`` itself."""
-    if t is None or t.shape[-2] == 1:
+def take_views(t: torch.Tensor | None, views: torch.Tensor, axis: int = -2) -> torch.Tensor | None:
+    """``t`` restricted to ``views`` along its view axis ``axis`` (negative; second to last for sinograms) when that
+    axis is full, else ``t`` itself (a factor shared by all views)."""
+    if t is None or t.shape[axis] == 1:
         return t
-    return t.index_select(-2, views.to(t.device))
+    return t.index_select(axis, views.to(t.device))

@@ -1,6 +1,6 @@
 """Variational reconstruction for any linear operator: Tikhonov by conjugate gradients, total variation by PDHG.
 
-Both solvers only use ``forward``/``adjoint`` of the operator (see :mod:`monai_ext.solvers.operators`) and work on
+Both solvers only use ``forward``/``adjoint`` of the operator (any :class:`monai_ext.operators.LinearOperator`) and work on
 batched tensors ``(B, C, *spatial)`` with 1, 2 or 3 spatial axes, on any device. Each returns ``(x, info)``, where
 ``info`` is a dict of plain Python values (iterations, convergence trace) ready for logging.
 
@@ -28,8 +28,7 @@ import math
 
 import torch
 
-from .finite_differences import divergence, gradient, gradient_norm_sq_bound
-from .operators import apply, check_measurements, operator_norm
+from ..operators import apply, check_measurements, divergence, gradient, gradient_norm_sq_bound, operator_norm
 
 __all__ = ["REGULARIZERS", "tikhonov_cg", "tv_pdhg", "total_variation", "TikhonovReconstruction", "TVReconstruction"]
 

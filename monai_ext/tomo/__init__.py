@@ -2,8 +2,9 @@
 
 from .analytic import FBP, FILTERS, fbp, fdk, filter_projections, parker_weights, ramp_filter
 from .geometry import ConeBeamGeometry, FanBeamGeometry, ParallelBeamGeometry, short_scan_angles, uniform_angles
-from .projectors import ConeBeamProjector, FanBeamProjector, ParallelBeamProjector, RayProjector, projector_for
-from .sparse_projector import SparseMatrixProjector, joseph_matrix
+from .projectors import ConeBeamProjector, FanBeamProjector, JosephProjector, ParallelBeamProjector, RayProjector, projector_for
+from .sparse_projector import SparseMatrixProjector
+from .system_matrix import joseph_matrix
 
 __all__ = [
     "FBP",
@@ -18,6 +19,7 @@ __all__ = [
     "ConeBeamGeometry",
     "uniform_angles",
     "short_scan_angles",
+    "JosephProjector",
     "RayProjector",
     "ParallelBeamProjector",
     "FanBeamProjector",

@@ -17,69 +17,132 @@ thread), so they hold neither a ray table nor a copy of the volume.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..operators import ExplicitAdjointOperator
+from ..operators.checks import all_finite, check_finite
 from .geometry import ConeBeamGeometry, FanBeamGeometry, ParallelBeamGeometry
 from .joseph_cpu import HAS_NUMBA, cone_adjoint_cpu, cone_forward_cpu, cone_view_table, joseph_adjoint_cpu, joseph_forward_cpu
 from .rays import geometry_rays, joseph_samples
 from .streaming import slab_grid, slab_ranges, stream_cone
+from .system_matrix import joseph_matrix
 
-__all__ = ["RayProjector", "ParallelBeamProjector", "FanBeamProjector", "ConeBeamProjector", "check_finite", "all_finite", "DEFAULT_MEMORY_BUDGET"]
+__all__ = [
+    "JosephProjector",
+    "RayProjector",
+    "ParallelBeamProjector",
+    "FanBeamProjector",
+    "ConeBeamProjector",
+    "projector_for",
+    "check_finite",
+    "all_finite",
+    "DEFAULT_MEMORY_BUDGET",
+]
 
 _BACKENDS = ("auto", "numba", "torch")
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of working memory beyond inputs and outputs
 _RAY_BYTES = 2 * 3 * 8 * 3  # origins and directions in float64, with the temporaries of geometry_rays
 
 
-def all_finite(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` holds no NaN and no infinity, without a tensor-sized mask: its maximum and minimum are
-    finite exactly then (both propagate NaN)."""
-    if tensor.numel() == 0 or not tensor.is_floating_point():
-        return True
-    return bool(torch.isfinite(tensor.amax()) & torch.isfinite(tensor.amin()))
+class JosephProjector(ExplicitAdjointOperator):
+    """Joseph's projector ``A`` of a geometry: what the ray-driven (:class:`RayProjector`) and the stored-matrix
+    (:class:`~monai_ext.tomo.SparseMatrixProjector`) backends share.
+
+    ``forward``: image ``(B, C, *image_shape)`` -> projections ``(B, C, n_angles, *detector_shape)``;
+    ``adjoint``: the exact transpose. Subclasses implement ``_apply_forward``/``_apply_adjoint`` and
+    :meth:`view_subset`.
+
+    Args:
+        geometry: a ``ParallelBeamGeometry``, ``FanBeamGeometry`` or ``ConeBeamGeometry``.
+    """
+
+    def __init__(self, geometry) -> None:
+        if not isinstance(geometry, (ParallelBeamGeometry, FanBeamGeometry, ConeBeamGeometry)):
+            raise TypeError(f"geometry must be a ParallelBeamGeometry, FanBeamGeometry or ConeBeamGeometry, got {type(geometry).__name__}.")
+        projection = geometry.projection_shape if isinstance(geometry, ConeBeamGeometry) else geometry.sinogram_shape
+        super().__init__(tuple(geometry.image_shape), tuple(projection))
+        self.geometry = geometry
+
+    @property
+    def geom(self):
+        """The geometry (older name of ``geometry``)."""
+        return self.geometry
+
+    def _describe(self) -> str:
+        return "this geometry"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Line integrals ``A x`` of images ``x`` ``(B, C, *image_shape)``."""
+        if torch.jit.is_tracing():  # TorchScript export: a Python autograd op cannot be saved, tensor ops can
+            return self._traced_apply(x, adjoint=False)
+        return super().forward(x)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Exact transpose ``A^T y`` of projections ``y`` ``(B, C, n_angles, *detector_shape)``."""
+        if torch.jit.is_tracing():
+            return self._traced_apply(y, adjoint=True)
+        return super().adjoint(y)
+
+    @property
+    def view_axis(self) -> int:
+        """Axis of the views in the projections, counted from the end (the angles come first)."""
+        return -len(self.out_shape)
+
+    def view_subset(self, views) -> JosephProjector:
+        """The projector of the same kind restricted to the views ``views`` (indices into the angles), as ordered
+        subsets use it."""
+        raise NotImplementedError(f"{type(self).__name__} has no view_subset.")
+
+    def _subset_geometry(self, views):
+        idx = torch.as_tensor(views, dtype=torch.long).reshape(-1)
+        if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= self.geometry.n_angles:
+            raise ValueError(f"views must be non-empty indices below n_angles={self.geometry.n_angles}, got {views}.")
+        return idx, dataclasses.replace(self.geometry, angles=tuple(self.geometry.angles[i] for i in idx.tolist()))
+
+    def sensitivity(self, like: torch.Tensor | None = None) -> torch.Tensor:
+        """``A^T 1``: the backprojection of ones, shape ``(1, 1, *image_shape)``."""
+        ref = like if like is not None else torch.empty(0)
+        ones = torch.ones((1, 1, *self.projection_shape), dtype=ref.dtype, device=ref.device)
+        return self.adjoint(ones)
+
+    def extra_repr(self) -> str:
+        return f"geometry={type(self.geometry).__name__}, image_shape={self.image_shape}, projection_shape={self.projection_shape}"
+
+    def _traced_apply(self, t: torch.Tensor, adjoint: bool) -> torch.Tensor:
+        """``A t`` or ``A^T t`` as a gather and an ``index_add`` over the stored Joseph matrix (2D), so that
+        ``torch.jit.trace`` records plain tensor ops with the matrix as constants (used by ``ckpt_export``)."""
+        if getattr(self, "_traced_matrix", None) is None:
+            state = torch._C._get_tracing_state()
+            torch._C._set_tracing_state(None)  # build the matrix untraced: the graph must only hold the products
+            try:
+                matrix = joseph_matrix(self.geometry)  # NotImplementedError for cone beam: no export of 3D networks
+                self._traced_matrix = tuple(t.clone().contiguous() for t in (*matrix.indices(), matrix.values()))
+            finally:
+                torch._C._set_tracing_state(state)
+        rows, cols, values = self._traced_matrix
+        rows, cols, values = rows.to(t.device), cols.to(t.device), values.to(t.device, t.dtype)
+        b, c = t.shape[:2]
+        flat = t.reshape(b * c, -1)
+        if adjoint:
+            out = flat.new_zeros(b * c, math.prod(self.image_shape)).index_add_(1, cols, flat[:, rows] * values)
+            return out.reshape(b, c, *self.image_shape)
+        out = flat.new_zeros(b * c, math.prod(self.projection_shape)).index_add_(1, rows, flat[:, cols] * values)
+        return out.reshape(b, c, *self.projection_shape)
 
 
-def check_finite(name: str, tensor: torch.Tensor) -> None:
-    """Raise ``ValueError`` naming ``name`` when ``tensor`` holds a NaN or an infinity."""
-    if not all_finite(tensor):
-        bad = int((~torch.isfinite(tensor)).sum())
-        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf).")
-
-
-class _Project(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, op):
-        ctx.op = op
-        return op._apply_forward(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _Backproject.apply(grad, ctx.op), None
-
-
-class _Backproject(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, y, op):
-        ctx.op = op
-        return op._apply_adjoint(y)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _Project.apply(grad, ctx.op), None
-
-
-class RayProjector(torch.nn.Module):
-    """Joseph projector ``A`` of a geometry, on batched tensors.
+class RayProjector(JosephProjector):
+    """Joseph projector ``A`` of a geometry, computed ray by ray, on batched tensors.
 
     ``forward``: image ``(B, C, *image_shape)`` -> projections ``(B, C, n_angles, *detector_shape)``.
     ``adjoint``: projections -> image, the exact transpose (``<A x, y> == <x, A^T y>``).
 
     Args:
-        geom: a ``ParallelBeamGeometry``, ``FanBeamGeometry`` or ``ConeBeamGeometry``.
+        geometry: a ``ParallelBeamGeometry``, ``FanBeamGeometry`` or ``ConeBeamGeometry``.
         backend: ``"auto"`` (numba on CPU when installed, ``grid_sample`` otherwise), ``"numba"`` or ``"torch"``.
         memory_budget: bytes of working memory a call may use beyond its input and output (default 256 MiB).
         stream_device: cone beam only: compute on this device (e.g. ``"cuda"``) for inputs held elsewhere (host
@@ -91,85 +154,30 @@ class RayProjector(torch.nn.Module):
             values.
     """
 
-    def __init__(self, geom, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET, stream_device=None) -> None:
-        super().__init__()
+    def __init__(self, geometry, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET, stream_device=None) -> None:
+        super().__init__(geometry)
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}.")
         if backend == "numba" and not HAS_NUMBA:
             raise ValueError("backend='numba' needs the numba package, which is not installed.")
         if not isinstance(memory_budget, int) or isinstance(memory_budget, bool) or memory_budget <= 0:
             raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}.")
-        if stream_device is not None and not isinstance(geom, ConeBeamGeometry):
-            raise ValueError(f"stream_device is for cone-beam volumes; a {type(geom).__name__} image is projected where it is.")
-        self.geom = geom
+        if stream_device is not None and not isinstance(geometry, ConeBeamGeometry):
+            raise ValueError(f"stream_device is for cone-beam volumes; a {type(geometry).__name__} image is projected where it is.")
         self.backend = backend
         self.memory_budget = memory_budget
         self.stream_device = None if stream_device is None else torch.device(stream_device)
         self._rays_per_view = math.prod(self.projection_shape[1:])
-        self._n_rays = self.geom.n_angles * self._rays_per_view
+        self._n_rays = self.geometry.n_angles * self._rays_per_view
         self._ray_cache: dict = {}
         self._grid_cache: dict = {}
 
-    # -- shapes --------------------------------------------------------------------------------------------
-    @property
-    def image_shape(self) -> tuple[int, ...]:
-        return tuple(self.geom.image_shape)
-
-    @property
-    def projection_shape(self) -> tuple[int, ...]:
-        g = self.geom
-        return g.projection_shape if isinstance(g, ConeBeamGeometry) else g.sinogram_shape
-
-    def _check(self, name: str, t: torch.Tensor, spatial: tuple[int, ...]) -> None:
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")
-        if t.ndim != 2 + len(spatial) or tuple(t.shape[2:]) != spatial:
-            raise ValueError(
-                f"{name} must have shape (B, C, {', '.join(map(str, spatial))}) for this geometry, "
-                f"got {tuple(t.shape)}."
-            )
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}.")
-        check_finite(name, t)
-
-    # -- public API ----------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Line integrals ``A x`` of images ``x`` ``(B, C, *image_shape)``."""
-        if torch.jit.is_tracing():  # TorchScript export: a Python autograd op cannot be saved, tensor ops can
-            return self._traced_apply(x, adjoint=False)
-        self._check("x", x, self.image_shape)
-        return _Project.apply(x, self)
-
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        """Exact transpose ``A^T y`` of projections ``y`` ``(B, C, n_angles, *detector_shape)``."""
-        if torch.jit.is_tracing():
-            return self._traced_apply(y, adjoint=True)
-        self._check("y", y, self.projection_shape)
-        return _Backproject.apply(y, self)
-
-    def normal(self, x: torch.Tensor) -> torch.Tensor:
-        """``A^T A x``."""
-        return self.adjoint(self.forward(x))
-
-    def norm(self, n_iter: int = 30, seed: int = 0, device=None) -> float:
-        """Operator 2-norm ``||A||`` estimated by power iteration on ``A^T A``."""
-        gen = torch.Generator().manual_seed(seed)
-        x = torch.rand((1, 1, *self.image_shape), generator=gen, dtype=torch.float64).to(device or "cpu")
-        value = 0.0
-        for _ in range(n_iter):
-            x = self.normal(x)
-            value = float(x.norm())
-            x = x / value
-        return math.sqrt(value)
-
-    def sensitivity(self, like: torch.Tensor | None = None) -> torch.Tensor:
-        """``A^T 1``: the backprojection of ones, shape ``(1, 1, *image_shape)``."""
-        ref = like if like is not None else torch.empty(0)
-        ones = torch.ones((1, 1, *self.projection_shape), dtype=ref.dtype, device=ref.device)
-        return self.adjoint(ones)
-
-    def extra_repr(self) -> str:
-        return f"geom={type(self.geom).__name__}, image_shape={self.image_shape}, projection_shape={self.projection_shape}"
+    def view_subset(self, views) -> RayProjector:
+        """This projector (same class, backend and budget) on the angles ``views``."""
+        _, geometry = self._subset_geometry(views)
+        subset = projector_for(geometry, self.backend, self.memory_budget)
+        subset.stream_device = self.stream_device
+        return subset
 
     # -- backends ------------------------------------------------------------------------------------------
     def _use_numba(self, t: torch.Tensor) -> bool:
@@ -181,16 +189,16 @@ class RayProjector(torch.nn.Module):
     def _view_chunks(self, bytes_per_ray: int):
         """Slices of views whose rays take at most a quarter of the budget at ``bytes_per_ray`` each."""
         per_chunk = max(1, (self.memory_budget // 4) // max(1, bytes_per_ray * self._rays_per_view))
-        for start in range(0, self.geom.n_angles, per_chunk):
-            yield slice(start, min(self.geom.n_angles, start + per_chunk))
+        for start in range(0, self.geometry.n_angles, per_chunk):
+            yield slice(start, min(self.geometry.n_angles, start + per_chunk))
 
     def _rays(self, views: slice, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Flattened float64 ``(origins, directions)`` of the rays of ``views``, on ``device``; the whole scan's
         are kept for the next call when they take at most half the budget."""
-        whole = views == slice(0, self.geom.n_angles)
+        whole = views == slice(0, self.geometry.n_angles)
         if whole and device in self._ray_cache:
             return self._ray_cache[device]
-        origins, directions = geometry_rays(self.geom, torch.float64, views)
+        origins, directions = geometry_rays(self.geometry, torch.float64, views)
         dim = origins.shape[-1]
         rays = (origins.reshape(-1, dim).to(device).contiguous(), directions.reshape(-1, dim).to(device).contiguous())
         if whole and self._n_rays * _RAY_BYTES <= self.memory_budget // 2:
@@ -207,15 +215,15 @@ class RayProjector(torch.nn.Module):
         flat = x.detach().reshape(b * c, *self.image_shape)
         if self._streams(x):
             out = stream_cone(self, flat, adjoint=False, device=self.stream_device)
-        elif self._use_numba(x) and isinstance(self.geom, ConeBeamGeometry):  # rays computed inside the kernel
-            out = torch.from_numpy(cone_forward_cpu(flat.contiguous().numpy(), self._cone_table(), self.geom.pixel_size))
+        elif self._use_numba(x) and isinstance(self.geometry, ConeBeamGeometry):  # rays computed inside the kernel
+            out = torch.from_numpy(cone_forward_cpu(flat.contiguous().numpy(), self._cone_table(), self.geometry.pixel_size))
         elif self._use_numba(x):
             image = flat.contiguous().numpy()
             out = torch.empty(b * c, self._n_rays, dtype=x.dtype)
             out_np = out.numpy()
             for views, rays in self._ray_slices():
                 origins, directions = self._rays(views, x.device)
-                out_np[:, rays] = joseph_forward_cpu(image, origins.numpy(), directions.numpy(), self.geom.pixel_size)
+                out_np[:, rays] = joseph_forward_cpu(image, origins.numpy(), directions.numpy(), self.geometry.pixel_size)
         else:
             out = self._torch_forward(flat)
         return out.reshape(b, c, *self.projection_shape)
@@ -225,8 +233,8 @@ class RayProjector(torch.nn.Module):
         flat = y.detach().reshape(b * c, -1)
         if self._streams(y):
             out = stream_cone(self, flat, adjoint=True, device=self.stream_device)
-        elif self._use_numba(y) and isinstance(self.geom, ConeBeamGeometry):
-            out = torch.from_numpy(cone_adjoint_cpu(flat.contiguous().numpy(), self._cone_table(), self.image_shape, self.geom.pixel_size))
+        elif self._use_numba(y) and isinstance(self.geometry, ConeBeamGeometry):
+            out = torch.from_numpy(cone_adjoint_cpu(flat.contiguous().numpy(), self._cone_table(), self.image_shape, self.geometry.pixel_size))
         elif self._use_numba(y):
             proj = flat.contiguous().numpy()
             out = torch.zeros(b * c, *self.image_shape, dtype=y.dtype)
@@ -234,7 +242,7 @@ class RayProjector(torch.nn.Module):
                 origins, directions = self._rays(views, y.device)
                 joseph_adjoint_cpu(
                     np.ascontiguousarray(proj[:, rays]), origins.numpy(), directions.numpy(), self.image_shape,
-                    self.geom.pixel_size, out=out.numpy(),
+                    self.geometry.pixel_size, out=out.numpy(),
                 )
         else:
             out = self._torch_adjoint(flat)
@@ -243,31 +251,8 @@ class RayProjector(torch.nn.Module):
     def _cone_table(self):
         """Per-view source, panel centre and column axis for the numba cone-beam kernels (a few numbers a view)."""
         if getattr(self, "_cone_views", None) is None:
-            self._cone_views = cone_view_table(self.geom)
+            self._cone_views = cone_view_table(self.geometry)
         return self._cone_views
-
-    def _traced_apply(self, t: torch.Tensor, adjoint: bool) -> torch.Tensor:
-        """``A t`` or ``A^T t`` as a gather and an ``index_add`` over the stored Joseph matrix (2D), so that
-        ``torch.jit.trace`` records plain tensor ops with the matrix as constants (used by ``ckpt_export``)."""
-        from .sparse_projector import joseph_matrix  # imports this module
-
-        if getattr(self, "_traced_matrix", None) is None:
-            state = torch._C._get_tracing_state()
-            torch._C._set_tracing_state(None)  # build the matrix untraced: the graph must only hold the products
-            try:
-                matrix = joseph_matrix(self.geom)  # NotImplementedError for cone beam: no export of 3D networks
-                self._traced_matrix = tuple(t.clone().contiguous() for t in (*matrix.indices(), matrix.values()))
-            finally:
-                torch._C._set_tracing_state(state)
-        rows, cols, values = self._traced_matrix
-        rows, cols, values = rows.to(t.device), cols.to(t.device), values.to(t.device, t.dtype)
-        b, c = t.shape[:2]
-        flat = t.reshape(b * c, -1)
-        if adjoint:
-            out = flat.new_zeros(b * c, math.prod(self.image_shape)).index_add_(1, cols, flat[:, rows] * values)
-            return out.reshape(b, c, *self.image_shape)
-        out = flat.new_zeros(b * c, math.prod(self.projection_shape)).index_add_(1, rows, flat[:, cols] * values)
-        return out.reshape(b, c, *self.projection_shape)
 
     def _sample_bytes(self, n_channels: int, dtype: torch.dtype) -> int:
         """Working bytes per Joseph sample on the ``grid_sample`` path: float64 plane positions, ray parameters
@@ -298,7 +283,7 @@ class RayProjector(torch.nn.Module):
             first = views.start * self._rays_per_view
             for start in range(0, origins.shape[0], step):
                 sl = slice(start, min(origins.shape[0], start + step))
-                grid, weights = joseph_samples(origins[sl], directions[sl], self.image_shape, self.geom.pixel_size)
+                grid, weights = joseph_samples(origins[sl], directions[sl], self.image_shape, self.geometry.pixel_size)
                 chunk = (slice(first + sl.start, first + sl.stop), grid.to(dtype=dtype), weights.to(dtype=dtype))
                 del grid, weights
                 if keep:
@@ -367,35 +352,35 @@ class ParallelBeamProjector(RayProjector):
         torch.Size([1, 1, 90, 95])
     """
 
-    def __init__(self, geom: ParallelBeamGeometry, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
-        if not isinstance(geom, ParallelBeamGeometry):
-            raise TypeError(f"geom must be a ParallelBeamGeometry, got {type(geom).__name__}.")
-        super().__init__(geom, backend, memory_budget)
+    def __init__(self, geometry: ParallelBeamGeometry, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
+        if not isinstance(geometry, ParallelBeamGeometry):
+            raise TypeError(f"geometry must be a ParallelBeamGeometry, got {type(geometry).__name__}.")
+        super().__init__(geometry, backend, memory_budget)
 
 
 class FanBeamProjector(RayProjector):
     """2D fan-beam projector with a flat detector: ``(B, C, ny, nx)`` -> ``(B, C, n_angles, n_det)``."""
 
-    def __init__(self, geom: FanBeamGeometry, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
-        if not isinstance(geom, FanBeamGeometry):
-            raise TypeError(f"geom must be a FanBeamGeometry, got {type(geom).__name__}.")
-        super().__init__(geom, backend, memory_budget)
+    def __init__(self, geometry: FanBeamGeometry, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
+        if not isinstance(geometry, FanBeamGeometry):
+            raise TypeError(f"geometry must be a FanBeamGeometry, got {type(geometry).__name__}.")
+        super().__init__(geometry, backend, memory_budget)
 
 
 class ConeBeamProjector(RayProjector):
     """3D circular cone-beam projector with a flat panel: ``(B, C, nz, ny, nx)`` -> ``(B, C, n_angles, rows, cols)``."""
 
-    def __init__(self, geom: ConeBeamGeometry, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET, stream_device=None) -> None:
-        if not isinstance(geom, ConeBeamGeometry):
-            raise TypeError(f"geom must be a ConeBeamGeometry, got {type(geom).__name__}.")
-        super().__init__(geom, backend, memory_budget, stream_device)
+    def __init__(self, geometry: ConeBeamGeometry, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET, stream_device=None) -> None:
+        if not isinstance(geometry, ConeBeamGeometry):
+            raise TypeError(f"geometry must be a ConeBeamGeometry, got {type(geometry).__name__}.")
+        super().__init__(geometry, backend, memory_budget, stream_device)
 
 
-def projector_for(geom, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET) -> RayProjector:
-    """The projector class that matches ``geom``."""
+def projector_for(geometry, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET) -> RayProjector:
+    """The projector class that matches ``geometry``."""
     for cls, kind in ((ParallelBeamProjector, ParallelBeamGeometry), (FanBeamProjector, FanBeamGeometry), (ConeBeamProjector, ConeBeamGeometry)):
-        if isinstance(geom, kind):
-            return cls(geom, backend, memory_budget)
-    raise TypeError(f"no projector for geometry type {type(geom).__name__}.")
+        if isinstance(geometry, kind):
+            return cls(geometry, backend, memory_budget)
+    raise TypeError(f"no projector for geometry type {type(geometry).__name__}.")
 
 

@@ -1,13 +1,6 @@
 """Joseph's projector stored as an explicit sparse matrix, for small 2D problems solved many times over.
 
-The matrix holds exactly the operator of :class:`~monai_ext.tomo.RayProjector` (Joseph's sampling of ``rays.py``):
-ray ``r`` is sampled once per image plane along its driving axis, each sample splits between the two nearest pixels
-of that plane by linear interpolation (zero outside the image), and the row is scaled by the ray length per plane,
-
-.. math::
-
-    A_{r, j} = w_r \\sum_{k} \\big[(1 - f_{rk})\\,\\delta_{j, p_{rk}} + f_{rk}\\,\\delta_{j, p_{rk} + 1}\\big].
-
+The matrix (``system_matrix.joseph_matrix``) holds exactly the operator of :class:`~monai_ext.tomo.RayProjector`.
 ``forward`` is one CSR sparse-dense product and ``adjoint`` one product with the stored transpose, so the adjoint
 is exact. The product runs in a parallel numba kernel on CPU (about twice as fast as ``torch.sparse`` there) and in
 ``torch.sparse`` on other devices. For a 64 x 64 image and ~13 000 rays (Biograph sinogram, 4 views mashed) a
@@ -18,6 +11,7 @@ a fixed-point solver in the loop); it stores ``~2 n_samples`` entries per ray (1
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -25,10 +19,10 @@ import torch
 
 from .geometry import ConeBeamGeometry
 from .joseph_cpu import HAS_NUMBA
-from .projectors import RayProjector
-from .rays import geometry_rays, joseph_samples
+from .projectors import JosephProjector
+from .system_matrix import joseph_matrix
 
-__all__ = ["SparseMatrixProjector", "joseph_matrix", "csr_matmul"]
+__all__ = ["SparseMatrixProjector", "joseph_matrix", "csr_matmul"]  # joseph_matrix: re-exported from system_matrix
 
 if HAS_NUMBA:
     from numba import njit, prange
@@ -60,61 +54,17 @@ def csr_matmul(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return matrix @ x
 
 
-def joseph_matrix(geom, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """The Joseph system matrix of a 2D geometry as a sparse COO tensor ``(n_rays, n_pixels)``, coalesced.
+class SparseMatrixProjector(JosephProjector):
+    """A 2D Joseph projector applied as a stored sparse matrix (CSR): the operator of :class:`RayProjector`, the
+    sibling backend.
 
-    Rows follow the projection layout ``(n_angles, n_det)`` flattened; columns the image ``(ny, nx)`` flattened.
-
-    Args:
-        geom: a 2D ``ParallelBeamGeometry`` or ``FanBeamGeometry``.
-        dtype: dtype of the entries.
-
-    Raises:
-        NotImplementedError: for a 3D (cone-beam) geometry.
-
-    Example:
-        >>> from monai_ext.tomo import ParallelBeamGeometry, uniform_angles
-        >>> geom = ParallelBeamGeometry((16, 16), 1.0, uniform_angles(8), n_det=23)
-        >>> joseph_matrix(geom).shape
-        torch.Size([184, 256])
-    """
-    if isinstance(geom, ConeBeamGeometry) or len(geom.image_shape) != 2:
-        raise NotImplementedError(f"joseph_matrix supports 2D geometries only, got {type(geom).__name__}.")
-    ny, nx = (int(n) for n in geom.image_shape)
-    origins, directions = geometry_rays(geom, torch.float64)
-    origins, directions = origins.reshape(-1, 2), directions.reshape(-1, 2)
-    grid, weights = joseph_samples(origins, directions, (ny, nx), tuple(geom.pixel_size))
-    # grid_sample(align_corners=False) coordinates -> continuous pixel indices (column, row)
-    col = ((grid[..., 0] + 1.0) * nx - 1.0) / 2.0
-    row = ((grid[..., 1] + 1.0) * ny - 1.0) / 2.0
-    c0, r0 = torch.floor(col), torch.floor(row)
-    fc, fr = col - c0, row - r0
-    n_rays, n_samples = grid.shape[:2]
-    ray = torch.arange(n_rays)[:, None].expand(n_rays, n_samples)
-    rows, cols, values = [], [], []
-    for dr, dc, w in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
-        r, c = r0 + dr, c0 + dc
-        keep = (r >= 0) & (r < ny) & (c >= 0) & (c < nx) & (w > 1e-12)
-        rows.append(ray[keep])
-        cols.append((r[keep] * nx + c[keep]).long())
-        values.append((w * weights[:, None])[keep])
-    with warnings.catch_warnings():  # torch notes that sparse invariant checks are off by default
-        warnings.simplefilter("ignore", UserWarning)
-        matrix = torch.sparse_coo_tensor(
-            torch.stack([torch.cat(rows), torch.cat(cols)]), torch.cat(values).to(dtype), (n_rays, ny * nx)
-        )
-        return matrix.coalesce()
-
-
-class SparseMatrixProjector(RayProjector):
-    """A 2D Joseph projector applied as a stored sparse matrix (CSR), same operator as :class:`RayProjector`.
-
-    Drop-in for ``ParallelBeamProjector`` / ``FanBeamProjector`` (same ``forward``, ``adjoint``, shapes and autograd),
-    e.g. ``model.projector = SparseMatrixProjector(model.geometry)`` in a ``monai_ext.pet.PETSystemModel``. The matrix
-    is built once in float64 on the CPU and cached per device and dtype on first use.
+    Same ``forward``, ``adjoint``, shapes and autograd as ``ParallelBeamProjector`` / ``FanBeamProjector``; inject it
+    where a projector is taken, e.g. ``PETSystemModel(geometry, projector=SparseMatrixProjector(geometry))``. The
+    matrix is built once in float64 on the CPU and cached per device and dtype on first use.
 
     Args:
-        geom: a 2D ``ParallelBeamGeometry`` or ``FanBeamGeometry``.
+        geometry: a 2D ``ParallelBeamGeometry`` or ``FanBeamGeometry``.
+        matrix: the COO matrix of ``geometry`` when already built (``view_subset`` passes the rows of its views).
 
     Raises:
         NotImplementedError: for a cone-beam geometry.
@@ -126,18 +76,32 @@ class SparseMatrixProjector(RayProjector):
         torch.Size([1, 1, 90, 95])
     """
 
-    def __init__(self, geom) -> None:
-        super().__init__(geom, backend="torch")
-        self.backend = "sparse_matrix"
-        coo = joseph_matrix(geom)
+    backend = "sparse_matrix"
+
+    def __init__(self, geometry, matrix: torch.Tensor | None = None) -> None:
+        if isinstance(geometry, ConeBeamGeometry):
+            raise NotImplementedError("SparseMatrixProjector supports 2D geometries only; use ConeBeamProjector for cone beam.")
+        super().__init__(geometry)
+        coo = joseph_matrix(geometry) if matrix is None else matrix
         with warnings.catch_warnings():  # torch notes that sparse CSR support is in beta
             warnings.simplefilter("ignore", UserWarning)
             self._matrices = {(torch.device("cpu"), torch.float64): (coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr())}
+        self._coo = coo
 
     @property
     def nnz(self) -> int:
         """Stored entries of the matrix."""
         return int(self._matrices[(torch.device("cpu"), torch.float64)][0].values().numel())
+
+    def view_subset(self, views) -> SparseMatrixProjector:
+        """The projector on the angles ``views``: the rows of those views, taken from the stored matrix."""
+        idx, geometry = self._subset_geometry(views)
+        n_det = math.prod(self.projection_shape[1:])
+        rows = (idx[:, None] * n_det + torch.arange(n_det)).reshape(-1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            matrix = self._coo.index_select(0, rows).coalesce()
+        return SparseMatrixProjector(geometry, matrix)
 
     def _matrix(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         key = (torch.device(device), dtype)
