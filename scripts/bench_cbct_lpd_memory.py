@@ -43,15 +43,15 @@ def _worker(args) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    geom = cbct_geometry(args.views, (args.size,) * 3, 256.0 / args.size, (args.size, args.size))
-    op = ConeBeamProjector(geom)
+    geometry = cbct_geometry(args.views, (args.size,) * 3, 256.0 / args.size, (args.size, args.size))
+    op = ConeBeamProjector(geometry)
     if args.network == "lpd":
         net = LearnedPrimalDual(op, n_iter=args.n_iter, n_primal=5, n_dual=5, features=args.features)
     else:
         net = InvertiblePrimalDual(op, n_iter=args.n_iter, n_primal=6, n_dual=6, features=args.features, memory_efficient=args.network == "invertible")
     net = net.to(device)
-    y = torch.rand(1, 1, *geom.projection_shape, device=device)
-    ref = torch.rand(1, 1, *geom.image_shape, device=device) * 0.02
+    y = torch.rand(1, 1, *geometry.projection_shape, device=device)
+    ref = torch.rand(1, 1, *geometry.image_shape, device=device) * 0.02
     with torch.no_grad():
         op.adjoint(op(ref))  # compile the projector outside the measurement
 

@@ -59,18 +59,18 @@ def main() -> None:
     args = parser.parse_args()
 
     size, n_views = args.size, args.views
-    geom = _cone_geometry(size, n_views, size)  # the geometry of bench_tomo.py's cone-beam rows
+    geometry = _cone_geometry(size, n_views, size)  # the geometry of bench_tomo.py's cone-beam rows
     samples = n_views * size**3
     base = load_revision_kernels(args.base)
-    origins, directions = (t.reshape(-1, 3).contiguous().numpy() for t in geometry_rays(geom, torch.float64))
-    op = ConeBeamProjector(geom, backend="numba")
-    x = torch.rand(1, 1, *geom.image_shape, generator=torch.Generator().manual_seed(0))
+    origins, directions = (t.reshape(-1, 3).contiguous().numpy() for t in geometry_rays(geometry, torch.float64))
+    op = ConeBeamProjector(geometry, backend="numba")
+    x = torch.rand(1, 1, *geometry.image_shape, generator=torch.Generator().manual_seed(0))
     y = op(x)
-    image, proj = x.reshape(1, *geom.image_shape).numpy(), y.reshape(1, -1).numpy()
+    image, proj = x.reshape(1, *geometry.image_shape).numpy(), y.reshape(1, -1).numpy()
     calls = {
-        ("forward", args.base): lambda: base.joseph_forward_cpu(image, origins, directions, geom.pixel_size),
+        ("forward", args.base): lambda: base.joseph_forward_cpu(image, origins, directions, geometry.pixel_size),
         ("forward", "checkout"): lambda: op(x),
-        ("adjoint", args.base): lambda: base.joseph_adjoint_cpu(proj, origins, directions, geom.image_shape, geom.pixel_size),
+        ("adjoint", args.base): lambda: base.joseph_adjoint_cpu(proj, origins, directions, geometry.image_shape, geometry.pixel_size),
         ("adjoint", "checkout"): lambda: op.adjoint(y),
     }
     for fn in calls.values():

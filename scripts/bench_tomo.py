@@ -92,18 +92,18 @@ def measure(fn, repeats: int, device: str = "cpu", warmup: bool = True) -> dict:
 
 def bench_2d(repeats: int) -> list[dict]:
     rows = []
-    geom = ParallelBeamGeometry((256, 256), 1.0, uniform_angles(180), n_det=367, det_spacing=1.0)
+    geometry = ParallelBeamGeometry((256, 256), 1.0, uniform_angles(180), n_det=367, det_spacing=1.0)
     image = shepp_logan(2, 256.0).rasterize((256, 256), 1.0).numpy().astype(np.float32)
     x = torch.from_numpy(image)[None, None]
-    op = ParallelBeamProjector(geom)
+    op = ParallelBeamProjector(geometry)
     sino = op(x)
     rows.append({"case": "2D parallel", "method": "monai_ext (numba CPU)", "op": "forward", **measure(lambda: op(x), repeats)})
     rows.append({"case": "2D parallel", "method": "monai_ext (numba CPU)", "op": "adjoint", **measure(lambda: op.adjoint(sino), repeats)})
-    rows.append({"case": "2D parallel", "method": "monai_ext (numba CPU)", "op": "fbp", **measure(lambda: fbp(sino, geom), repeats)})
+    rows.append({"case": "2D parallel", "method": "monai_ext (numba CPU)", "op": "fbp", **measure(lambda: fbp(sino, geometry), repeats)})
 
     from skimage.transform import iradon, radon
 
-    theta = -np.degrees(geom.angles)  # skimage turns the other way
+    theta = -np.degrees(geometry.angles)  # skimage turns the other way
     sk_sino = radon(image, theta=theta, circle=False)
     rows.append({"case": "2D parallel", "method": "skimage", "op": "forward", **measure(lambda: radon(image, theta=theta, circle=False), repeats)})
     rows.append({"case": "2D parallel", "method": "skimage", "op": "fbp", **measure(lambda: iradon(sk_sino, theta=theta, output_size=256, circle=False), repeats)})
@@ -114,7 +114,7 @@ def bench_2d(repeats: int) -> list[dict]:
         print("astra-toolbox not installed: ASTRA rows skipped (pip install astra-toolbox to compare)")
         return rows
     vol_geom = astra.create_vol_geom(256, 256)
-    proj_geom = astra.create_proj_geom("parallel", 1.0, 367, np.asarray(geom.angles))
+    proj_geom = astra.create_proj_geom("parallel", 1.0, 367, np.asarray(geometry.angles))
     astra_sino = sino[0, 0].numpy()
     for kind in ("line", "linear"):
         pid = astra.create_projector(kind, proj_geom, vol_geom)
@@ -150,30 +150,30 @@ def _cone_geometry(size: int, n_views: int, panel: int) -> ConeBeamGeometry:
                             1.5 * 256.0 / panel * 1.1, source_to_center=1000.0, source_to_detector=1500.0)
 
 
-def _diffct_projector(geom: ConeBeamGeometry, device: str):
+def _diffct_projector(geometry: ConeBeamGeometry, device: str):
     """diffct's projector on our geometry (its own trajectory convention; the same sizes and sample counts)."""
     import diffct
 
-    trajectory = diffct.circular_trajectory_3d(geom.n_angles, geom.source_to_center, geom.source_to_detector,
+    trajectory = diffct.circular_trajectory_3d(geometry.n_angles, geometry.source_to_center, geometry.source_to_detector,
                                                 device=device, dtype=torch.float32)
-    rows, cols = geom.det_shape
+    rows, cols = geometry.det_shape
     backend = "torch" if device == "cpu" else "auto"
-    return diffct.Projector(trajectory, tuple(geom.image_shape), (cols, rows), beam="cone",
-                            detector_spacing=tuple(reversed(geom.det_spacing)), voxel_spacing=geom.pixel_size[0],
+    return diffct.Projector(trajectory, tuple(geometry.image_shape), (cols, rows), beam="cone",
+                            detector_spacing=tuple(reversed(geometry.det_spacing)), voxel_spacing=geometry.pixel_size[0],
                             backend=backend)
 
 
 def bench_3d(repeats: int, device: str, size: int, n_views: int = 180, panel: int | None = None,
              backends=("numba", "torch"), peers: bool = True, warmup: bool = True) -> list[dict]:
     panel = panel or size
-    geom = _cone_geometry(size, n_views, panel)
-    x = random_ellipsoids(3, 256.0, seed=0).rasterize(geom.image_shape, geom.pixel_size, supersample=1)[None, None].to(device)
+    geometry = _cone_geometry(size, n_views, panel)
+    x = random_ellipsoids(3, 256.0, seed=0).rasterize(geometry.image_shape, geometry.pixel_size, supersample=1)[None, None].to(device)
     samples = n_views * panel * panel * size  # rays x planes of the driving axis (cubic volume)
     case = f"3D cone {size}^3, {n_views} views, {panel}^2 panel"
     rows = []
     proj = None
     for backend in backends if device == "cpu" else ("torch",):
-        op = ConeBeamProjector(geom, backend=backend)
+        op = ConeBeamProjector(geometry, backend=backend)
         label = f"monai_ext ({'numba CPU' if backend == 'numba' else 'grid_sample CPU'})" if device == "cpu" else f"monai_ext ({torch.cuda.get_device_name()})"
         proj = op(x) if proj is None else proj
         for name, fn in (("forward", lambda: op(x)), ("adjoint", lambda: op.adjoint(proj))):
@@ -183,12 +183,12 @@ def bench_3d(repeats: int, device: str, size: int, n_views: int = 180, panel: in
             rows.append(row)
             print(f"  {case} {label} {name}: {row['seconds']:.3f} s, {row['peak_mib']:.0f} MiB", flush=True)
     label = "monai_ext FDK" if device == "cpu" else f"monai_ext FDK ({torch.cuda.get_device_name()})"
-    rows.append({"case": case, "method": label, "op": "fdk", **measure(lambda: fdk(proj, geom), repeats, device, warmup)})
+    rows.append({"case": case, "method": label, "op": "fdk", **measure(lambda: fdk(proj, geometry), repeats, device, warmup)})
     print(f"  {case} FDK: {rows[-1]['seconds']:.3f} s, {rows[-1]['peak_mib']:.0f} MiB", flush=True)
     if not peers:
         return rows
     try:
-        dp = _diffct_projector(geom, device)
+        dp = _diffct_projector(geometry, device)
     except ImportError:
         print("diffct not installed: diffct rows skipped (see the docstring to compare)")
         return rows

@@ -14,21 +14,21 @@ torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="module")
-def geom():
+def geometry():
     return cbct_geometry(20, (16, 16, 16), 16.0, (16, 16))
 
 
-def test_geometry_short_and_full_scan_cover_the_field_of_view(geom):
-    assert geom.projection_shape == (20, 16, 16)
-    assert geom.source_to_center == 1000.0 and geom.source_to_detector == 1500.0
+def test_geometry_short_and_full_scan_cover_the_field_of_view(geometry):
+    assert geometry.projection_shape == (20, 16, 16)
+    assert geometry.source_to_center == 1000.0 and geometry.source_to_detector == 1500.0
     # short scan: 180 degrees plus the fan angle, endpoints included
-    assert geom.angles[-1] - geom.angles[0] == pytest.approx(math.pi + geom.fan_angle)
+    assert geometry.angles[-1] - geometry.angles[0] == pytest.approx(math.pi + geometry.fan_angle)
     full = cbct_geometry(20, (16, 16, 16), 16.0, (16, 16), scan="full")
     assert full.angles[1] - full.angles[0] == pytest.approx(2 * math.pi / 20)
     # the panel's half-width exceeds the magnified field-of-view radius (tangent rays) and the cylinder's top rim
     radius, sod, sdd = 128.0, 1000.0, 1500.0
-    assert 0.5 * 16 * geom.det_spacing[1] >= sdd * radius / math.sqrt(sod**2 - radius**2)
-    assert 0.5 * 16 * geom.det_spacing[0] >= sdd * radius / (sod - radius)
+    assert 0.5 * 16 * geometry.det_spacing[1] >= sdd * radius / math.sqrt(sod**2 - radius**2)
+    assert 0.5 * 16 * geometry.det_spacing[0] >= sdd * radius / (sod - radius)
 
 
 def test_geometry_rejects_bad_arguments():
@@ -40,20 +40,20 @@ def test_geometry_rejects_bad_arguments():
         cbct_geometry(volume_shape=(16, 16, 16), voxel_size=200.0)
 
 
-def test_scans_are_seeded_shaped_and_split_apart(geom):
-    scans = cbct_scans("test", 2, geom, i0=1e5)
+def test_scans_are_seeded_shaped_and_split_apart(geometry):
+    scans = cbct_scans("test", 2, geometry, i0=1e5)
     assert isinstance(scans, CBCTScans) and len(scans) == 2
     assert scans.volumes.shape == (2, 1, 16, 16, 16) and scans.volumes.dtype == torch.float32
     assert scans.projections.shape == (2, 1, 20, 16, 16) and scans.projections.dtype == torch.float32
-    assert scans.geometry == geom and scans.i0 == 1e5
+    assert scans.geometry == geometry and scans.i0 == 1e5
     # thorax in 1/mm: air outside, bone (700 HU) the densest tissue
     assert float(scans.volumes.min()) == 0.0 and 0.025 < float(scans.volumes.max()) < 0.035
     # the first case is the same whatever n (phantom and noise); another noise seed changes only the noise
-    one = cbct_scans("test", 1, geom, i0=1e5)
+    one = cbct_scans("test", 1, geometry, i0=1e5)
     assert torch.equal(one.volumes[0], scans.volumes[0]) and torch.equal(one.projections[0], scans.projections[0])
-    other = cbct_scans("test", 1, geom, i0=1e5, noise_seed=1)
+    other = cbct_scans("test", 1, geometry, i0=1e5, noise_seed=1)
     assert torch.equal(other.volumes[0], scans.volumes[0]) and not torch.equal(other.projections[0], scans.projections[0])
-    train = cbct_scans("train", 1, geom, i0=1e5)
+    train = cbct_scans("train", 1, geometry, i0=1e5)
     assert not torch.equal(train.volumes[0], scans.volumes[0])
     items = scans.datalist()
     assert [d["name"] for d in items] == list(scans.names)
@@ -61,28 +61,28 @@ def test_scans_are_seeded_shaped_and_split_apart(geom):
 
 
 def test_exact_projections_agree_with_the_voxel_projector():
-    geom = cbct_geometry(12, (32, 32, 32), 8.0, (24, 24))
-    clean = cbct_scans("validation", 1, geom, i0=None)
-    voxel = ConeBeamProjector(geom)(clean.volumes)
+    geometry = cbct_geometry(12, (32, 32, 32), 8.0, (24, 24))
+    clean = cbct_scans("validation", 1, geometry, i0=None)
+    voxel = ConeBeamProjector(geometry)(clean.volumes)
     relative = float((voxel - clean.projections).norm() / clean.projections.norm())
     # close (same object) but not equal: the analytic projections carry no voxelisation (no inverse crime)
     assert 1e-3 < relative < 0.05
 
 
-def test_noise_follows_poisson_statistics(geom):
+def test_noise_follows_poisson_statistics(geometry):
     i0 = 1e4
-    clean = cbct_scans("test", 2, geom, i0=None).projections.double()
-    noisy = cbct_scans("test", 2, geom, i0=i0).projections.double()
+    clean = cbct_scans("test", 2, geometry, i0=None).projections.double()
+    noisy = cbct_scans("test", 2, geometry, i0=i0).projections.double()
     # delta method: Var(-log(N / i0)) = 1 / E[N] = exp(p) / i0 for N ~ Poisson(i0 exp(-p))
     z = (noisy - clean) * torch.sqrt(i0 * torch.exp(-clean))
     assert abs(float(z.mean())) < 0.05
     assert float(z.square().mean()) == pytest.approx(1.0, abs=0.08)
 
 
-def test_scans_reject_bad_arguments(geom):
+def test_scans_reject_bad_arguments(geometry):
     with pytest.raises(ValueError, match="split"):
-        cbct_scans("training", 1, geom)
+        cbct_scans("training", 1, geometry)
     with pytest.raises(ValueError, match="i0"):
-        cbct_scans("test", 1, geom, i0=0.0)
+        cbct_scans("test", 1, geometry, i0=0.0)
     with pytest.raises(TypeError, match="ConeBeamGeometry"):
         cbct_scans("test", 1, object())

@@ -32,8 +32,8 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="module")
 def tiny():
-    geom = cbct_geometry(8, (8, 8, 8), 32.0, (8, 8))
-    return geom, ConeBeamProjector(geom)
+    geometry = cbct_geometry(8, (8, 8, 8), 32.0, (8, 8))
+    return geometry, ConeBeamProjector(geometry)
 
 
 def _parameter_grads(net, y, ref) -> list[torch.Tensor]:
@@ -43,11 +43,11 @@ def _parameter_grads(net, y, ref) -> list[torch.Tensor]:
 
 
 def test_invertible_gradients_equal_ordinary_backprop(tiny):
-    geom, op = tiny
+    geometry, op = tiny
     torch.manual_seed(0)
     net = InvertiblePrimalDual(op, n_iter=3, features=4).double()
-    y = torch.rand(2, 1, *geom.projection_shape, dtype=torch.float64, requires_grad=True)
-    ref = 0.02 * torch.rand(2, 1, *geom.image_shape, dtype=torch.float64)
+    y = torch.rand(2, 1, *geometry.projection_shape, dtype=torch.float64, requires_grad=True)
+    ref = 0.02 * torch.rand(2, 1, *geometry.image_shape, dtype=torch.float64)
     net.memory_efficient = True
     recomputed = _parameter_grads(net, y, ref)
     net.memory_efficient = False
@@ -66,12 +66,12 @@ def test_invertible_gradients_equal_ordinary_backprop(tiny):
 
 
 def test_invertible_iteration_is_inverted_exactly(tiny):
-    geom, op = tiny
+    geometry, op = tiny
     torch.manual_seed(1)
     net = InvertiblePrimalDual(op, n_iter=2, features=4).double()
-    f = torch.rand(1, 6, *geom.image_shape, dtype=torch.float64)
-    h = torch.rand(1, 6, *geom.projection_shape, dtype=torch.float64)
-    g = torch.rand(1, 1, *geom.projection_shape, dtype=torch.float64)
+    f = torch.rand(1, 6, *geometry.image_shape, dtype=torch.float64)
+    h = torch.rand(1, 6, *geometry.projection_shape, dtype=torch.float64)
+    g = torch.rand(1, 1, *geometry.projection_shape, dtype=torch.float64)
     with torch.no_grad():
         f1, h1 = net.iteration(1, f, h, g)
         f0, h0 = net.inverse_iteration(1, f1, h1, g)
@@ -94,10 +94,10 @@ def test_invertible_network_rejects_bad_arguments(tiny):
 def test_one_lpd_serves_2d_and_3d_operators(tiny):
     from monai_ext.tomo import ParallelBeamGeometry, ParallelBeamProjector, uniform_angles
 
-    geom, op = tiny
+    geometry, op = tiny
     net3 = LearnedPrimalDual(op, n_iter=2, features=4)
     assert isinstance(net3.dual_blocks[0][0], torch.nn.Conv3d) and isinstance(net3.primal_blocks[0][0], torch.nn.Conv3d)
-    assert net3(torch.zeros(1, 1, *geom.projection_shape)).shape == (1, 1, *geom.image_shape)
+    assert net3(torch.zeros(1, 1, *geometry.projection_shape)).shape == (1, 1, *geometry.image_shape)
     op2 = ParallelBeamProjector(ParallelBeamGeometry((16, 16), 4.0, uniform_angles(5), n_det=16, det_spacing=4.0))
     net2 = LearnedPrimalDual(op2, n_iter=2, features=4)
     assert isinstance(net2.dual_blocks[0][0], torch.nn.Conv2d)

@@ -72,16 +72,16 @@ def test_corrupt_nifti_is_named(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".npz", ".nii.gz"])
 def test_projection_files_round_trip(tmp_path, suffix):
-    geom = ConeBeamGeometry((8, 8, 8), 2.0, uniform_angles(5, 2 * math.pi), (4, 6), 3.0, source_to_center=100, source_to_detector=150)
+    geometry = ConeBeamGeometry((8, 8, 8), 2.0, uniform_angles(5, 2 * math.pi), (4, 6), 3.0, source_to_center=100, source_to_detector=150)
     proj = torch.rand(5, 4, 6)
-    path = save_projections(proj, geom, tmp_path / f"scan{suffix}", extra={"i0": 1e5})
+    path = save_projections(proj, geometry, tmp_path / f"scan{suffix}", extra={"i0": 1e5})
     back, geom_back, meta = load_projections(path)
-    assert torch.allclose(back, proj) and geom_back == geom and meta["i0"] == 1e5
+    assert torch.allclose(back, proj) and geom_back == geometry and meta["i0"] == 1e5
 
 
 def test_projection_file_errors_name_the_problem(tmp_path):
-    geom = ParallelBeamGeometry((8, 8), 1.0, uniform_angles(4), n_det=11)
-    path = save_projections(torch.rand(4, 11), geom, tmp_path / "s.npz")
+    geometry = ParallelBeamGeometry((8, 8), 1.0, uniform_angles(4), n_det=11)
+    path = save_projections(torch.rand(4, 11), geometry, tmp_path / "s.npz")
     sidecar = tmp_path / "s.json"
     spec = json.loads(sidecar.read_text())
     del spec["geometry"]["n_det"]
@@ -91,7 +91,7 @@ def test_projection_file_errors_name_the_problem(tmp_path):
     sidecar.unlink()
     with pytest.raises(FileNotFoundError, match="sidecar"):
         load_projections(path)
-    save_projections(torch.rand(4, 11), geom, path)
+    save_projections(torch.rand(4, 11), geometry, path)
     spec = json.loads(sidecar.read_text())
     spec["geometry"]["n_det"] = 13
     sidecar.write_text(json.dumps(spec))
@@ -102,21 +102,21 @@ def test_projection_file_errors_name_the_problem(tmp_path):
 
 
 def test_geometry_dict_round_trip():
-    geom = ParallelBeamGeometry((16, 12), (1.0, 0.5), uniform_angles(7), n_det=21, det_spacing=0.7, det_offset=0.2)
-    assert geometry_from_dict(json.loads(json.dumps(geometry_to_dict(geom)))) == geom
+    geometry = ParallelBeamGeometry((16, 12), (1.0, 0.5), uniform_angles(7), n_det=21, det_spacing=0.7, det_offset=0.2)
+    assert geometry_from_dict(json.loads(json.dumps(geometry_to_dict(geometry)))) == geometry
 
 
 def test_tomography_cases(tmp_path):
-    geom = ParallelBeamGeometry((16, 16), 1.0, uniform_angles(6), n_det=23)
-    example = tomography_cases("", geom)
+    geometry = ParallelBeamGeometry((16, 16), 1.0, uniform_angles(6), n_det=23)
+    example = tomography_cases("", geometry)
     assert example[0]["name"] == "shepp_logan_example" and example[0]["image"].shape == (1, 16, 16)
     save_nifti(np.zeros((16, 16), np.float32), tmp_path / "img.nii.gz")
-    save_projections(torch.rand(6, 23), geom, tmp_path / "meas.npz")
-    cases = tomography_cases(str(tmp_path), geom)
+    save_projections(torch.rand(6, 23), geometry, tmp_path / "meas.npz")
+    cases = tomography_cases(str(tmp_path), geometry)
     assert sorted(c["name"] for c in cases) == ["img", "meas"]
     other = ParallelBeamGeometry((16, 16), 1.0, uniform_angles(6), n_det=25)
     save_projections(torch.rand(6, 25), other, tmp_path / "meas.npz")
     with pytest.raises(ValueError, match="different from the bundle"):
-        tomography_cases(str(tmp_path), geom)
+        tomography_cases(str(tmp_path), geometry)
     with pytest.raises(FileNotFoundError):
-        tomography_cases(str(tmp_path / "missing"), geom)
+        tomography_cases(str(tmp_path / "missing"), geometry)

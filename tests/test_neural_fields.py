@@ -39,15 +39,15 @@ def small_case():
     volume resolved by its grid: Joseph's sum and the exact integral of the trilinear interpolant differ by a term
     in (voxel size)^2 times the second derivative, about 1 % for the raw 14^3 rasterisation and 0.4 % once smoothed.
     """
-    geom = cbct_geometry(20, (16, 16, 16), 8.0, (16, 16))
+    geometry = cbct_geometry(20, (16, 16, 16), 8.0, (16, 16))
     inner = thorax_phantom(112.0, seed=3).rasterize((14, 14, 14), 8.0, supersample=2)
     kernel = torch.tensor([0.25, 0.5, 0.25]).view(1, 1, 3)
     for dim in range(3):
         moved = inner.movedim(dim, -1)
         inner = torch.nn.functional.conv1d(moved.reshape(-1, 1, 14), kernel, padding=1).reshape(moved.shape).movedim(-1, dim)
     volume = torch.nn.functional.pad(inner, (1, 1) * 3)
-    projections = ConeBeamProjector(geom)(volume[None, None].double()).float()
-    return geom, volume, projections
+    projections = ConeBeamProjector(geometry)(volume[None, None].double()).float()
+    return geometry, volume, projections
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -63,8 +63,8 @@ def test_ray_box_intersection_central_ray():
 
 
 def test_voxel_field_rendering_matches_projector(small_case):
-    geom, volume, projections = small_case
-    rendered = render_projections(VoxelField(volume, 8.0), ConeBeamRays(geom), n_samples=48)
+    geometry, volume, projections = small_case
+    rendered = render_projections(VoxelField(volume, 8.0), ConeBeamRays(geometry), n_samples=48)
     assert _relative(rendered, projections) < 0.01
 
 
@@ -75,10 +75,10 @@ def test_voxel_field_samples_voxel_values():
 
 
 def test_fitted_field_rendering_matches_projector(small_case):
-    geom, volume, projections = small_case
-    field = AttenuationField(box_half_widths(geom.image_shape, geom.pixel_size), encoding_args={"n_levels": 1, "features_per_level": 8, "finest_resolution": 16}, hidden=32)
+    geometry, volume, projections = small_case
+    field = AttenuationField(box_half_widths(geometry.image_shape, geometry.pixel_size), encoding_args={"n_levels": 1, "features_per_level": 8, "finest_resolution": 16}, hidden=32)
     fit_field_to_volume(field, volume, 8.0, n_steps=800, points_per_step=2048, lr=3e-2, seed=0)
-    rendered = render_projections(field, ConeBeamRays(geom), n_samples=48)
+    rendered = render_projections(field, ConeBeamRays(geometry), n_samples=48)
     assert _relative(rendered, projections) < 0.01
 
 
@@ -113,9 +113,9 @@ def test_encodings_shapes_and_errors():
 
 
 def test_fit_field_reduces_loss_and_is_deterministic(small_case):
-    geom, _, projections = small_case
-    rays = ConeBeamRays(geom)
-    half = box_half_widths(geom.image_shape, geom.pixel_size)
+    geometry, _, projections = small_case
+    rays = ConeBeamRays(geometry)
+    half = box_half_widths(geometry.image_shape, geometry.pixel_size)
     args = {"n_levels": 2, "features_per_level": 2, "base_resolution": 4, "finest_resolution": 8}
     fields = [AttenuationField(half, encoding_args=args, hidden=16, seed=0) for _ in range(2)]
     infos = [fit_field(f, projections, rays, n_steps=40, rays_per_step=256, n_samples=16, seed=5, progress=False) for f in fields]
@@ -128,9 +128,9 @@ def test_fit_field_reduces_loss_and_is_deterministic(small_case):
 
 
 def test_modulation_only_fit_leaves_backbone_unchanged(small_case):
-    geom, _, projections = small_case
-    rays = ConeBeamRays(geom)
-    backbone = ModulatedAttenuationField(box_half_widths(geom.image_shape, geom.pixel_size), latent_channels=4, modulation_resolution=4, encoding_args={"n_levels": 2, "features_per_level": 2, "base_resolution": 4, "finest_resolution": 8}, hidden=16)
+    geometry, _, projections = small_case
+    rays = ConeBeamRays(geometry)
+    backbone = ModulatedAttenuationField(box_half_widths(geometry.image_shape, geometry.pixel_size), latent_channels=4, modulation_resolution=4, encoding_args={"n_levels": 2, "features_per_level": 2, "base_resolution": 4, "finest_resolution": 8}, hidden=16)
     train_conditioned_field(backbone, projections.expand(2, -1, -1, -1, -1), rays, n_steps=10, scans_per_step=2, rays_per_step=128, n_samples=16, progress=False)
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     scan, info = fit_modulation(backbone, projections, rays, n_steps=30, rays_per_step=256, n_samples=16, progress=False)
@@ -144,24 +144,24 @@ def test_modulation_only_fit_leaves_backbone_unchanged(small_case):
 
 
 def test_backbone_training_round_trip_and_reconstruction_module(small_case, tmp_path):
-    geom, _, projections = small_case
+    geometry, _, projections = small_case
     path = tmp_path / "backbone.pt"
     backbone_args = {"latent_channels": 2, "modulation_resolution": 4, "encoding_args": {"n_levels": 2, "features_per_level": 2, "base_resolution": 4, "finest_resolution": 8}, "hidden": 8}
-    record = train_backbone(geom, projections.expand(2, -1, -1, -1, -1), str(path), backbone_args, {"n_steps": 3, "scans_per_step": 2, "rays_per_step": 64, "n_samples": 8}, progress=False)
+    record = train_backbone(geometry, projections.expand(2, -1, -1, -1, -1), str(path), backbone_args, {"n_steps": 3, "scans_per_step": 2, "rays_per_step": 64, "n_samples": 8}, progress=False)
     assert record["n_scans"] == 2 and (tmp_path / "backbone_training.json").is_file()
     backbone = load_backbone(str(path))
     assert backbone.config["latent_channels"] == 2 and not any(p.requires_grad for p in backbone.parameters())
-    recon = NeuralFieldReconstruction(geom, "conditioned", backbone_file=str(path), n_steps=2, rays_per_step=64, n_samples=8, output_shape=(8, 12, 10), progress=False)
+    recon = NeuralFieldReconstruction(geometry, "conditioned", backbone_file=str(path), n_steps=2, rays_per_step=64, n_samples=8, output_shape=(8, 12, 10), progress=False)
     with torch.no_grad():  # fitting enables gradients itself, as under a MONAI evaluator
         volume = recon(projections)
     assert volume.shape == (1, 1, 8, 12, 10) and recon.output_spacing == (16.0, 128 / 12, 12.8)
     assert recon.last_fits[0]["fitted_parameters_mib"] < recon.last_fits[0]["field_parameters_mib"]
-    per_scan = NeuralFieldReconstruction(geom, "per_scan", field_args={"encoding": "fourier", "encoding_args": {"n_frequencies": 2}, "hidden": 8}, n_steps=2, rays_per_step=64, n_samples=8, progress=False)
+    per_scan = NeuralFieldReconstruction(geometry, "per_scan", field_args={"encoding": "fourier", "encoding_args": {"n_frequencies": 2}, "hidden": 8}, n_steps=2, rays_per_step=64, n_samples=8, progress=False)
     assert per_scan(projections).shape == (1, 1, 16, 16, 16)
     with pytest.raises(ValueError, match="method"):
-        NeuralFieldReconstruction(geom, "hash")
+        NeuralFieldReconstruction(geometry, "hash")
     with pytest.raises(ValueError, match="backbone_file"):
-        NeuralFieldReconstruction(geom, "conditioned")
+        NeuralFieldReconstruction(geometry, "conditioned")
     with pytest.raises(ValueError, match="projections"):
         per_scan(projections[:, :, :10])
 
@@ -171,18 +171,18 @@ def test_cbct_comparison_table(small_case, tmp_path):
     from monai_ext.fields.evaluation import compare_cbct_methods
     from monai_ext.tomo import FBP
 
-    geom, volume, projections = small_case
-    scans = CBCTScans(("case0",), volume[None, None], projections, geom, None)
-    per_scan = NeuralFieldReconstruction(geom, "per_scan", field_args={"hidden": 8, "encoding_args": {"n_levels": 1, "finest_resolution": 8}}, n_steps=2, rays_per_step=64, n_samples=8, progress=False)
-    summary = compare_cbct_methods({"FDK": FBP(geom), "NAF": per_scan}, {"noise_free": scans}, str(tmp_path), n_views=50, method_names=["FDK", "NAF"])
+    geometry, volume, projections = small_case
+    scans = CBCTScans(("case0",), volume[None, None], projections, geometry, None)
+    per_scan = NeuralFieldReconstruction(geometry, "per_scan", field_args={"hidden": 8, "encoding_args": {"n_levels": 1, "finest_resolution": 8}}, n_steps=2, rays_per_step=64, n_samples=8, progress=False)
+    summary = compare_cbct_methods({"FDK": FBP(geometry), "NAF": per_scan}, {"noise_free": scans}, str(tmp_path), n_views=50, method_names=["FDK", "NAF"])
     row = summary["results"]["noise_free"]["NAF"]
     assert row["memory_mib"] == pytest.approx(per_scan.last_fits[0]["field_parameters_mib"], abs=1e-4)
     assert summary["results"]["noise_free"]["FDK"]["memory_mib"] == pytest.approx(16**3 * 4 / 2**20, abs=1e-4)
     assert "CondCBNT | 28.31" in summary["published_markdown"]
     assert row["cpu_seconds_per_volume"] > 0 and "noise_free: CPU (s/vol)" in summary["markdown"]
     # the published rows follow published_views (the talk's setting of equal angular undersampling), not n_views
-    other = compare_cbct_methods({"FDK": FBP(geom)}, {"noise_free": scans}, str(tmp_path / "p400"), n_views=50, published_views=400)
+    other = compare_cbct_methods({"FDK": FBP(geometry)}, {"noise_free": scans}, str(tmp_path / "p400"), n_views=50, published_views=400)
     assert "CondCBNT | 29.89" in other["published_markdown"] and other["published_views"] == 400
     assert (tmp_path / "comparison.md").is_file() and (tmp_path / "examples_noise_free.png").is_file()
     with pytest.raises(ValueError, match="unknown method"):
-        compare_cbct_methods({"FDK": FBP(geom)}, {"noise_free": scans}, str(tmp_path), method_names=["TV"])
+        compare_cbct_methods({"FDK": FBP(geometry)}, {"noise_free": scans}, str(tmp_path), method_names=["TV"])

@@ -47,7 +47,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not availa
 
 
 @pytest.fixture(scope="module")
-def geom():
+def geometry():
     return DEMO_SCANNER.sinogram_geometry(SHAPE, PIXEL)
 
 
@@ -61,17 +61,17 @@ def exam(simulator):
     return simulator.simulate(300e6, subject_seed=1, noise_seed=2)
 
 
-def full_model(geom, dtype=F64, n_frames=3, batch=1, backend="auto", seed=0):
+def full_model(geometry, dtype=F64, n_frames=3, batch=1, backend="auto", seed=0):
     """A model with every factor on: attenuation, normalisation, PSF, per-frame scale and a background."""
     g = torch.Generator().manual_seed(seed)
     mu = brain_phantom(SHAPE, PIXEL, seed=seed).mu_map
     return PETSystemModel(
-        geom,
+        geometry,
         psf_fwhm=10.0,
         mu_map=torch.as_tensor(mu, dtype=dtype).expand(batch, 1, *SHAPE),
-        normalisation=0.8 + 0.4 * torch.rand(geom.sinogram_shape, generator=g, dtype=dtype),
+        normalisation=0.8 + 0.4 * torch.rand(geometry.sinogram_shape, generator=g, dtype=dtype),
         scale=(1.0 + torch.rand(1, n_frames, 1, 1, generator=g, dtype=dtype)),
-        background=0.5 + torch.rand(1, n_frames, *geom.sinogram_shape, generator=g, dtype=dtype),
+        background=0.5 + torch.rand(1, n_frames, *geometry.sinogram_shape, generator=g, dtype=dtype),
         backend=backend,
     )
 
@@ -84,10 +84,10 @@ def test_biograph_preset_and_sinogram_sampling():
     assert (scanner.detectors_per_ring, scanner.n_rings, scanner.n_views) == (624, 52, 312)
     assert scanner.radial_bin_width == pytest.approx(math.pi * 842.0 / 624 / 2)  # half the crystal pitch
     assert scanner.plane_spacing == pytest.approx(216.0 / 52)
-    geom = scanner.sinogram_geometry((128, 128), 2.0)
-    assert geom.sinogram_shape == (312, 171)
-    assert geom.n_det * geom.det_spacing >= math.hypot(256.0, 256.0)  # every pixel seen from every view
-    assert geom.angles[1] - geom.angles[0] == pytest.approx(math.pi / 312)
+    geometry = scanner.sinogram_geometry((128, 128), 2.0)
+    assert geometry.sinogram_shape == (312, 171)
+    assert geometry.n_det * geometry.det_spacing >= math.hypot(256.0, 256.0)  # every pixel seen from every view
+    assert geometry.angles[1] - geometry.angles[0] == pytest.approx(math.pi / 312)
     mashed = scanner.sinogram_geometry((128, 128), 2.0, view_mashing=2)
     assert mashed.n_angles == 156 and mashed.angles[0] == pytest.approx(0.5 * math.pi / 312)
     demo = DEMO_SCANNER.sinogram_geometry(SHAPE, PIXEL)
@@ -96,9 +96,9 @@ def test_biograph_preset_and_sinogram_sampling():
 
 
 def test_lor_crystals_match_the_ring():
-    scanner, geom = DEMO_SCANNER, DEMO_SCANNER.sinogram_geometry(SHAPE, PIXEL)
-    pairs = scanner.lor_crystals(geom)
-    centre = geom.n_det // 2
+    scanner, geometry = DEMO_SCANNER, DEMO_SCANNER.sinogram_geometry(SHAPE, PIXEL)
+    pairs = scanner.lor_crystals(geometry)
+    centre = geometry.n_det // 2
     n = scanner.detectors_per_ring
     # view 0 rays run along +y through x = u: the central ray joins the crystals at +-90 degrees
     assert sorted(pairs[0, centre]) == [n // 4, 3 * n // 4]
@@ -141,18 +141,18 @@ def test_psf_has_the_right_width():
         assert variance == pytest.approx((10.0 / FWHM_PER_SIGMA) ** 2 + d**2 / 12, rel=0.02)
 
 
-def test_system_model_stack_of_planes_shape(geom):
+def test_system_model_stack_of_planes_shape(geometry):
     """A 3D image as a stack of direct planes, with an axial PSF (adjointness: ``test_operators.py``)."""
     g = torch.Generator().manual_seed(2)
     mu = torch.full((1, 1, 4, *SHAPE), MU_WATER, dtype=F64)
-    stack = PETSystemModel(geom, n_planes=4, plane_spacing=8.0, psf_fwhm=(8.0, 10.0), mu_map=mu)
-    x, y = torch.rand(2, 3, 4, *SHAPE, generator=g, dtype=F64), torch.rand(2, 3, 4, *geom.sinogram_shape, generator=g, dtype=F64)
-    assert stack(x).shape == (2, 3, 4, *geom.sinogram_shape)
+    stack = PETSystemModel(geometry, n_planes=4, plane_spacing=8.0, psf_fwhm=(8.0, 10.0), mu_map=mu)
+    x, y = torch.rand(2, 3, 4, *SHAPE, generator=g, dtype=F64), torch.rand(2, 3, 4, *geometry.sinogram_shape, generator=g, dtype=F64)
+    assert stack(x).shape == (2, 3, 4, *geometry.sinogram_shape)
     assert stack.adjoint(y).shape == x.shape
 
 
-def test_frames_go_through_in_one_projector_call(geom):
-    model = full_model(geom, n_frames=5)
+def test_frames_go_through_in_one_projector_call(geometry):
+    model = full_model(geometry, n_frames=5)
     x = torch.rand(1, 5, *SHAPE, dtype=F64)
     calls = []
     original = model.projector._apply_forward
@@ -162,7 +162,7 @@ def test_frames_go_through_in_one_projector_call(geom):
     # frame by frame with the frame's own scale gives the same
     for t in range(5):
         single = PETSystemModel(
-            geom,
+            geometry,
             psf_fwhm=10.0,
             attenuation_factors=model.attenuation_factors,
             normalisation=model.normalisation,
@@ -171,24 +171,24 @@ def test_frames_go_through_in_one_projector_call(geom):
         torch.testing.assert_close(single(x[:, t : t + 1]), together[:, t : t + 1])
 
 
-def test_attenuation_background_and_sensitivity(geom):
+def test_attenuation_background_and_sensitivity(geometry):
     radius, mu = 100.0, MU_WATER
     y_mm, x_mm = torch.meshgrid(*(((torch.arange(n, dtype=F64) - (n - 1) / 2) * PIXEL) for n in SHAPE), indexing="ij")
     disc = (x_mm**2 + y_mm**2 <= radius**2).to(F64) * mu
-    background = torch.full((1, 1, *geom.sinogram_shape), 2.0, dtype=F64)
-    model = PETSystemModel(geom, mu_map=disc, background=background)
-    centre = geom.n_det // 2
+    background = torch.full((1, 1, *geometry.sinogram_shape), 2.0, dtype=F64)
+    model = PETSystemModel(geometry, mu_map=disc, background=background)
+    centre = geometry.n_det // 2
     # the central ray crosses the full diameter: exp(-mu * 2 R), up to the disc's pixelation
     assert model.attenuation_factors[0, 0, :, centre].mean().item() == pytest.approx(math.exp(-mu * 2 * radius), rel=0.05)
     assert float(model.attenuation_factors.max()) == pytest.approx(1.0)  # rays that miss the disc
     x = torch.rand(1, 1, *SHAPE, dtype=F64)
     torch.testing.assert_close(model.expected_counts(x), model(x) + 2.0)  # b is added, never part of A
     assert float(model(torch.zeros_like(x)).abs().max()) == 0.0
-    torch.testing.assert_close(model.sensitivity(), model.adjoint(torch.ones(1, 1, *geom.sinogram_shape, dtype=F64)))
+    torch.testing.assert_close(model.sensitivity(), model.adjoint(torch.ones(1, 1, *geometry.sinogram_shape, dtype=F64)))
 
 
-def test_system_model_is_differentiable(geom):
-    model = full_model(geom, n_frames=2)
+def test_system_model_is_differentiable(geometry):
+    model = full_model(geometry, n_frames=2)
     x = torch.rand(1, 2, *SHAPE, dtype=F64, requires_grad=True)
     y = torch.poisson(model.expected_counts(x.detach()) * 5)
     loss = poisson_nll(y, model.expected_counts(x))
@@ -425,9 +425,9 @@ def test_counts_can_include_background():
 # -- bad input -----------------------------------------------------------------------------------------------------
 
 
-def test_bad_input_raises_clear_errors(geom, simulator, exam):
-    model = full_model(geom, n_frames=2)
-    y = torch.rand(1, 2, *geom.sinogram_shape, dtype=F64)
+def test_bad_input_raises_clear_errors(geometry, simulator, exam):
+    model = full_model(geometry, n_frames=2)
+    y = torch.rand(1, 2, *geometry.sinogram_shape, dtype=F64)
     bad = y.clone()
     bad[0, 1, 3, 4] = float("nan")
     with pytest.raises(ValueError, match="y contains 1 non-finite"):
@@ -490,14 +490,14 @@ def test_save_and_load_exam(tmp_path, exam):
 
 
 @CUDA
-def test_cuda_matches_cpu(geom, recon_problem):
+def test_cuda_matches_cpu(geometry, recon_problem):
     model, _, counts, _ = recon_problem
     x_cpu, info_cpu = mlem(counts, model, n_iter=5)
     model_cuda = model.to("cuda")
     x_cuda, info_cuda = mlem(counts.cuda(), model_cuda, n_iter=5)
     torch.testing.assert_close(x_cuda.cpu(), x_cpu, rtol=1e-6, atol=1e-9)
-    cpu_model = full_model(geom, dtype=torch.float32, n_frames=2)
-    gpu_model = full_model(geom, dtype=torch.float32, n_frames=2).to("cuda")
+    cpu_model = full_model(geometry, dtype=torch.float32, n_frames=2)
+    gpu_model = full_model(geometry, dtype=torch.float32, n_frames=2).to("cuda")
     x = torch.rand(1, 2, *SHAPE)
     torch.testing.assert_close(gpu_model(x.cuda()).cpu(), cpu_model(x), rtol=1e-4, atol=1e-4)
     model.to("cpu")

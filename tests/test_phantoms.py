@@ -57,9 +57,9 @@ def test_thorax_phantom_tissues_and_seed():
 
 
 def test_thorax_projections_match_projector():
-    geom = ConeBeamGeometry((64, 64, 64), 4.0, uniform_angles(24, 2 * math.pi), (64, 96), 6.0, source_to_center=1000, source_to_detector=1500)
+    geometry = ConeBeamGeometry((64, 64, 64), 4.0, uniform_angles(24, 2 * math.pi), (64, 96), 6.0, source_to_center=1000, source_to_detector=1500)
     phantom = thorax_phantom(256.0, seed=2)
-    x = phantom.rasterize(geom.image_shape, geom.pixel_size, supersample=2)
-    err = float((ConeBeamProjector(geom)(x[None, None])[0, 0] - phantom.projections(geom, detector_supersample=3)).norm() / phantom.projections(geom).norm())
+    x = phantom.rasterize(geometry.image_shape, geometry.pixel_size, supersample=2)
+    err = float((ConeBeamProjector(geometry)(x[None, None])[0, 0] - phantom.projections(geometry, detector_supersample=3)).norm() / phantom.projections(geometry).norm())
     print(f"thorax phantom: projector vs analytic projections {err:.4f}")
     assert err < 0.02

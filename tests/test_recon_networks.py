@@ -33,8 +33,8 @@ def test_lpd_2d_shapes_gradients_and_layers():
 
 
 def test_lpd_3d_cone_beam_uses_3d_convolutions():
-    geom = ConeBeamGeometry((8, 8, 8), 4.0, uniform_angles(3, 6.283185307179586), (6, 10), 6.0, source_to_center=200.0, source_to_detector=300.0)
-    op = ConeBeamProjector(geom)
+    geometry = ConeBeamGeometry((8, 8, 8), 4.0, uniform_angles(3, 6.283185307179586), (6, 10), 6.0, source_to_center=200.0, source_to_detector=300.0)
+    op = ConeBeamProjector(geometry)
     net = LearnedPrimalDual(op, n_iter=2, features=4)
     assert isinstance(net.primal_blocks[0][0], torch.nn.Conv3d) and isinstance(net.dual_blocks[0][0], torch.nn.Conv3d)
     assert net(torch.rand(1, 1, 3, 6, 10)).shape == (1, 1, 8, 8, 8)
@@ -129,10 +129,10 @@ def test_linear_mmse_state_dict_round_trip_and_checks():
 
 
 def test_post_processing_is_residual_and_freezes_the_initial_reconstruction():
-    geom = ParallelBeamGeometry((16, 16), 4.0, uniform_angles(4), n_det=16, det_spacing=4.0)
+    geometry = ParallelBeamGeometry((16, 16), 4.0, uniform_angles(4), n_det=16, det_spacing=4.0)
     denoiser = ConvBlock(2, 1, 1, features=4, zero_last=True)
     mmse = LinearMMSE((16, 16), (4, 16), storage_dtype=torch.float32)
-    for initial in (FBP(geom, "hann"), mmse):
+    for initial in (FBP(geometry, "hann"), mmse):
         net = PostProcessingNet(initial, denoiser)
         y = torch.rand(2, 1, 4, 16)
         assert torch.allclose(net(y), initial(y), atol=1e-7)  # zero residual at init

@@ -7,16 +7,10 @@ import math
 import pytest
 import torch
 
+from monai_ext.operators import MatrixOperator, Scaled, divergence, gradient, gradient_norm_sq_bound, normalise_operator, operator_norm
 from monai_ext.solvers import (
-    MatrixOperator,
-    ScaledOperator,
     TikhonovReconstruction,
     TVReconstruction,
-    divergence,
-    gradient,
-    gradient_norm_sq_bound,
-    normalize_operator,
-    operator_norm,
     tikhonov_cg,
     total_variation,
     tune_weight,
@@ -50,12 +44,22 @@ def test_operator_norm_matrix_and_scaled():
     matrix = torch.diag(torch.tensor([3.0, 2.0, 0.5], dtype=DT))
     op = MatrixOperator(matrix, (3,))
     assert math.isclose(operator_norm(op, n_iter=200), 3.0, rel_tol=1e-6)
-    assert math.isclose(normalize_operator(op, 3.0).norm(n_iter=200), 1.0, rel_tol=1e-6)
-    assert math.isclose(ScaledOperator(op, -2.0).norm(n_iter=200), 6.0, rel_tol=1e-6)
+    assert math.isclose(normalise_operator(op, 3.0).norm(n_iter=200), 1.0, rel_tol=1e-6)
+    assert math.isclose(Scaled(op, -2.0).norm(n_iter=200), 6.0, rel_tol=1e-6)
     with pytest.raises(ValueError, match="scale"):
-        ScaledOperator(op, 0.0)
+        Scaled(op, 0.0)
     with pytest.raises(TypeError, match="adjoint"):
         operator_norm(object(), (3,))
+
+
+def test_old_names_stay_importable_for_one_release():
+    from monai_ext.solvers import ScaledOperator, normalize_operator
+    from monai_ext.solvers.finite_differences import gradient as old_gradient
+
+    op = MatrixOperator(torch.diag(torch.tensor([3.0, 1.0], dtype=DT)), (2,))
+    assert ScaledOperator is Scaled and old_gradient is gradient
+    with pytest.warns(DeprecationWarning, match="normalise_operator"):
+        assert math.isclose(normalize_operator(op, 3.0).norm(n_iter=50), 1.0, rel_tol=1e-6)
 
 
 @pytest.mark.parametrize("regularizer", ["identity", "gradient"])

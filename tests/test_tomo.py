@@ -49,9 +49,9 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed")
 @pytest.mark.parametrize("name", list(GEOMETRIES))
 def test_backends_compute_the_same_operator(name):
-    geom = GEOMETRIES[name]
-    x = torch.rand((1, 2, *geom.image_shape), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    a, b = projector_for(geom, "numba"), projector_for(geom, "torch")
+    geometry = GEOMETRIES[name]
+    x = torch.rand((1, 2, *geometry.image_shape), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    a, b = projector_for(geometry, "numba"), projector_for(geometry, "torch")
     assert _rel(a(x), b(x)) < 1e-12
     y = a(x)
     assert _rel(a.adjoint(y), b.adjoint(y)) < 1e-12
@@ -59,9 +59,9 @@ def test_backends_compute_the_same_operator(name):
 
 @pytest.mark.parametrize("name", ["parallel-odd-offset", "fan-offset", "cone-short-scan"])
 def test_gradcheck(name):
-    geom = GEOMETRIES[name]
-    op = projector_for(geom)
-    x = torch.rand((1, 1, *geom.image_shape), dtype=torch.float64, requires_grad=True)
+    geometry = GEOMETRIES[name]
+    op = projector_for(geometry)
+    x = torch.rand((1, 1, *geometry.image_shape), dtype=torch.float64, requires_grad=True)
     y = torch.rand((1, 1, *op.projection_shape), dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(op, (x,), eps=1e-6, atol=1e-6)
     assert torch.autograd.gradcheck(op.adjoint, (y,), eps=1e-6, atol=1e-6)
@@ -70,25 +70,25 @@ def test_gradcheck(name):
 
 
 def test_forward_matches_analytic_line_integrals_2d():
-    geom = ParallelBeamGeometry((256, 256), 1.0, uniform_angles(180), n_det=367, det_spacing=1.0)
-    op = ParallelBeamProjector(geom)
+    geometry = ParallelBeamGeometry((256, 256), 1.0, uniform_angles(180), n_det=367, det_spacing=1.0)
+    op = ParallelBeamProjector(geometry)
     errors = []
     for seed in range(3):
         phantom = random_ellipsoids(2, 256.0, seed=seed)
         x = phantom.rasterize((256, 256), 1.0, supersample=8)
-        errors.append(_rel(op(x[None, None])[0, 0], phantom.projections(geom)))
+        errors.append(_rel(op(x[None, None])[0, 0], phantom.projections(geometry)))
     print(f"2D 256^2 relative L2 error vs analytic line integrals: {np.round(errors, 4)}")
     assert max(errors) < 0.01
 
 
 def test_forward_matches_analytic_projections_3d():
-    geom = ConeBeamGeometry((64, 64, 64), 4.0, uniform_angles(60, 2 * math.pi), (64, 96), 6.0, source_to_center=1000, source_to_detector=1500)
-    op = ConeBeamProjector(geom)
+    geometry = ConeBeamGeometry((64, 64, 64), 4.0, uniform_angles(60, 2 * math.pi), (64, 96), 6.0, source_to_center=1000, source_to_detector=1500)
+    op = ConeBeamProjector(geometry)
     phantom = random_ellipsoids(3, 256.0, seed=1)
     x = phantom.rasterize((64, 64, 64), 4.0, supersample=4)
     ax = op(x[None, None])[0, 0]
-    line = _rel(ax, phantom.projections(geom))
-    pixel = _rel(ax, phantom.projections(geom, detector_supersample=3))
+    line = _rel(ax, phantom.projections(geometry))
+    pixel = _rel(ax, phantom.projections(geometry, detector_supersample=3))
     print(f"3D 64^3: relative L2 error vs exact line integrals {line:.4f}, vs detector-pixel-integrated {pixel:.4f}")
     # at 4 mm voxels the voxelised phantom itself is ~1.3 % off the thin-ray integrals; against projections
     # integrated over each detector pixel (what a detector measures) the projector is within 1 %
@@ -102,9 +102,9 @@ def test_forward_error_shrinks_with_resolution_3d():
     errors = {}
     for n, panel in ((64, (64, 96)), (128, (128, 192))):
         size = 256.0 / n
-        geom = ConeBeamGeometry((n, n, n), size, uniform_angles(30, 2 * math.pi), panel, 1.5 * size, source_to_center=1000, source_to_detector=1500)
+        geometry = ConeBeamGeometry((n, n, n), size, uniform_angles(30, 2 * math.pi), panel, 1.5 * size, source_to_center=1000, source_to_detector=1500)
         x = phantom.rasterize((n, n, n), size, supersample=2)
-        errors[n] = _rel(ConeBeamProjector(geom)(x[None, None])[0, 0], phantom.projections(geom))
+        errors[n] = _rel(ConeBeamProjector(geometry)(x[None, None])[0, 0], phantom.projections(geometry))
     print(f"3D error vs exact line integrals by grid size: {errors}")
     assert errors[128] < 0.6 * errors[64]
     assert errors[128] < 0.0105
@@ -115,10 +115,10 @@ def test_fbp_parallel_against_skimage_iradon():
     results = {}
     for n in (255, 256):
         phantom = shepp_logan(2, float(n))
-        geom = ParallelBeamGeometry((n, n), 1.0, uniform_angles(360), n_det=367, det_spacing=1.0)
-        sino = phantom.projections(geom, torch.float64)
-        ours = fbp(sino[None, None], geom)[0, 0].numpy()
-        theirs = skimage_transform.iradon(sino.numpy().T, theta=-np.degrees(geom.angles), filter_name="ramp", output_size=n, circle=False)
+        geometry = ParallelBeamGeometry((n, n), 1.0, uniform_angles(360), n_det=367, det_spacing=1.0)
+        sino = phantom.projections(geometry, torch.float64)
+        ours = fbp(sino[None, None], geometry)[0, 0].numpy()
+        theirs = skimage_transform.iradon(sino.numpy().T, theta=-np.degrees(geometry.angles), filter_name="ramp", output_size=n, circle=False)
         # skimage's rotation centre is pixel n // 2; ours is the image centre (n - 1) / 2: same for odd n,
         # half a pixel apart for even n, so each is scored against the phantom on its own pixel grid
         shift = 0.5 * ((n + 1) % 2)
@@ -144,8 +144,8 @@ def test_fan_beam_fbp(short):
     x = phantom.rasterize((256, 256), 1.0, supersample=4)
     base = FanBeamGeometry((256, 256), 1.0, (0.0,), n_det=600, det_spacing=1.2, source_to_center=500, source_to_detector=1000)
     angles = short_scan_angles(400, base.fan_angle) if short else uniform_angles(720, 2 * math.pi)
-    geom = FanBeamGeometry((256, 256), 1.0, angles, n_det=600, det_spacing=1.2, source_to_center=500, source_to_detector=1000)
-    rec = fbp(phantom.projections(geom)[None, None], geom)[0, 0]
+    geometry = FanBeamGeometry((256, 256), 1.0, angles, n_det=600, det_spacing=1.2, source_to_center=500, source_to_detector=1000)
+    rec = fbp(phantom.projections(geometry)[None, None], geometry)[0, 0]
     err = _rel(rec, x)
     print(f"fan-beam FBP ({'short scan + Parker' if short else 'full scan'}): relative error {err:.4f}")
     assert err < 0.09
@@ -155,10 +155,10 @@ def test_fan_beam_fbp(short):
 def test_fdk_ellipsoid_phantom(arc_degrees):
     n_views = 360 if arc_degrees == 360.0 else 205
     angles = uniform_angles(n_views, 2 * math.pi) if arc_degrees == 360.0 else tuple(np.radians(np.linspace(0, arc_degrees, n_views)))
-    geom = ConeBeamGeometry((64, 64, 64), 4.0, angles, (64, 96), 6.0, source_to_center=1000, source_to_detector=1500)
+    geometry = ConeBeamGeometry((64, 64, 64), 4.0, angles, (64, 96), 6.0, source_to_center=1000, source_to_detector=1500)
     phantom = random_ellipsoids(3, 256.0, seed=2)
     x = phantom.rasterize((64, 64, 64), 4.0, supersample=2)
-    rec = fdk(phantom.projections(geom)[None, None], geom)[0, 0]
+    rec = fdk(phantom.projections(geometry)[None, None], geometry)[0, 0]
     zz, yy, xx = torch.meshgrid(*(torch.arange(64.0) - 31.5,) * 3, indexing="ij")
     fov = ((xx**2 + yy**2).sqrt() * 4.0 < 120.0) & (zz.abs() * 4.0 < 100.0)
     err = _rel(rec[fov], x[fov])
@@ -171,16 +171,16 @@ def test_fbp_recovers_units():
     from monai_ext.phantoms import Ellipsoid, EllipsoidPhantom
 
     disc = EllipsoidPhantom([Ellipsoid(0.02, (80.0, 80.0), (0.0, 0.0))])
-    geom = ParallelBeamGeometry((128, 128), 2.0, uniform_angles(180), n_det=183, det_spacing=2.0)
-    rec = fbp(disc.projections(geom)[None, None], geom)[0, 0]
+    geometry = ParallelBeamGeometry((128, 128), 2.0, uniform_angles(180), n_det=183, det_spacing=2.0)
+    rec = fbp(disc.projections(geometry)[None, None], geometry)[0, 0]
     centre = rec[44:84, 44:84]
     assert abs(float(centre.mean()) - 0.02) < 2e-4
 
 
 # -- bad input ---------------------------------------------------------------------------------------------
 def test_bad_input_is_named():
-    geom = GEOMETRIES["parallel-odd-offset"]
-    op = ParallelBeamProjector(geom)
+    geometry = GEOMETRIES["parallel-odd-offset"]
+    op = ParallelBeamProjector(geometry)
     with pytest.raises(ValueError, match=r"x must have shape \(B, C, 33, 40\)"):
         op(torch.zeros(1, 1, 40, 33))
     with pytest.raises(ValueError, match="y must have shape"):
@@ -196,11 +196,11 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="source_to_center"):
         FanBeamGeometry((8, 8), 1.0, (0.0,), n_det=11, source_to_center=100, source_to_detector=50)
     with pytest.raises(ValueError, match="projections must have shape"):
-        fbp(torch.zeros(1, 1, 17, 52), geom)
+        fbp(torch.zeros(1, 1, 17, 52), geometry)
     with pytest.raises(ValueError, match="backend must be one of"):
-        ParallelBeamProjector(geom, backend="astra")
+        ParallelBeamProjector(geometry, backend="astra")
     with pytest.raises(ValueError, match="window must be one of"):
-        fbp(torch.zeros(1, 1, 17, 51), geom, window="butterworth")
+        fbp(torch.zeros(1, 1, 17, 51), geometry, window="butterworth")
     with pytest.raises(ValueError, match="not enough data for a short-scan"):
         short = ConeBeamGeometry((8, 8, 8), 1.0, tuple(np.radians(np.linspace(0, 150, 20))), (8, 12), 1.5, source_to_center=40, source_to_detector=70)
         fdk(torch.zeros(1, 1, *short.projection_shape), short)
@@ -242,11 +242,11 @@ def test_dictionary_transform_matches_array_transform():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
-    geom = GEOMETRIES["cone-nonsquare-offset"]
-    x = torch.rand((1, 1, *geom.image_shape))
-    cpu = ConeBeamProjector(geom)
-    gpu = ConeBeamProjector(geom).to("cuda")
+    geometry = GEOMETRIES["cone-nonsquare-offset"]
+    x = torch.rand((1, 1, *geometry.image_shape))
+    cpu = ConeBeamProjector(geometry)
+    gpu = ConeBeamProjector(geometry).to("cuda")
     assert _rel(gpu(x.cuda()).cpu(), cpu(x)) < 1e-5
     y = cpu(x)
     assert _rel(gpu.adjoint(y.cuda()).cpu(), cpu.adjoint(y)) < 1e-5
-    assert _rel(fdk(y.cuda(), geom).cpu(), fdk(y, geom)) < 1e-4
+    assert _rel(fdk(y.cuda(), geometry).cpu(), fdk(y, geometry)) < 1e-4

@@ -18,9 +18,9 @@ DISC = (((_xx**2 + _yy**2) < 40.0**2).double() * 0.02)[None, None]
 CENTRE = (_xx**2 + _yy**2) < 15.0**2
 
 
-def _centre_ratio(geom) -> float:
+def _centre_ratio(geometry) -> float:
     """Mean of the FBP image over the disc's centre, over the true value (1.0 when the scale is right)."""
-    recon = fbp(projector_for(geom)(DISC), geom)
+    recon = fbp(projector_for(geometry)(DISC), geometry)
     return float(recon[0, 0][CENTRE].mean() / 0.02)
 
 
@@ -74,14 +74,14 @@ def test_fan_fbp_full_turn_keeps_the_scale_and_is_not_taken_for_a_short_scan(lab
 
 
 def test_fan_short_scan_is_detected_logged_and_parker_weighted(caplog):
-    geom = _fan(short_scan_angles(60, _fan(uniform_angles(4, 2 * math.pi)).fan_angle))
-    assert _is_short_scan(geom.angles)
+    geometry = _fan(short_scan_angles(60, _fan(uniform_angles(4, 2 * math.pi)).fan_angle))
+    assert _is_short_scan(geometry.angles)
     with caplog.at_level(logging.INFO, logger="monai_ext.tomo.analytic"):
-        ratio = _centre_ratio(geom)
+        ratio = _centre_ratio(geometry)
     assert any("short scan, Parker weights applied" in r.getMessage() for r in caplog.records)
     assert ratio == pytest.approx(1.0, abs=0.01)
     # forbidding Parker on a short scan leaves the lines measured twice weighted twice: a worse image
-    sino = projector_for(geom)(DISC)
+    sino = projector_for(geometry)(DISC)
     inside = (_xx**2 + _yy**2) < 50.0**2
-    errors = [float((fbp(sino, geom, short_scan=s)[0, 0] - DISC[0, 0])[inside].pow(2).mean().sqrt()) for s in (None, False)]
+    errors = [float((fbp(sino, geometry, short_scan=s)[0, 0] - DISC[0, 0])[inside].pow(2).mean().sqrt()) for s in (None, False)]
     assert errors[0] < 0.7 * errors[1], errors

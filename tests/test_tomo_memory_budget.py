@@ -55,17 +55,17 @@ def _in_fresh_process(body: str) -> dict:
 @needs_proc
 @needs_numba
 def test_memory_budget_grid_sample_backend_stays_within_budget_and_matches_numba():
-    geom = _cone(64, 64)
-    cached_grid_bytes = geom.n_angles * 64 * 64 * 64 * 3 * 4  # what the old whole-scan coordinate cache held
+    geometry = _cone(64, 64)
+    cached_grid_bytes = geometry.n_angles * 64 * 64 * 64 * 3 * 4  # what the old whole-scan coordinate cache held
     assert cached_grid_bytes > 5 * BUDGET
     result = _in_fresh_process("""
-        geom = _cone(64, 64)
+        geometry = _cone(64, 64)
         gen = torch.Generator().manual_seed(0)
-        x = torch.rand(1, 1, *geom.image_shape, generator=gen)
-        y = torch.rand(1, 1, *geom.projection_shape, generator=gen)
-        reference = ConeBeamProjector(geom, backend="numba")
+        x = torch.rand(1, 1, *geometry.image_shape, generator=gen)
+        y = torch.rand(1, 1, *geometry.projection_shape, generator=gen)
+        reference = ConeBeamProjector(geometry, backend="numba")
         ax_ref, aty_ref = reference(x), reference.adjoint(y)
-        op = ConeBeamProjector(geom, backend="torch", memory_budget=BUDGET)
+        op = ConeBeamProjector(geometry, backend="torch", memory_budget=BUDGET)
         op(x), op.adjoint(y)  # warm-up of torch's kernels outside the measurement
         ax, forward_peak = _peak_growth(lambda: op(x))
         aty, adjoint_peak = _peak_growth(lambda: op.adjoint(y))
@@ -89,11 +89,11 @@ def test_memory_budget_numba_backend_holds_no_ray_table_or_volume_copies():
     result = _in_fresh_process("""
         small = ConeBeamProjector(_cone(16, 8), backend="numba")  # compiles the kernels outside the measurement
         small.adjoint(small(torch.rand(1, 1, 16, 16, 16)))
-        geom = _cone(96, 90)
-        x = torch.rand(1, 1, *geom.image_shape, generator=torch.Generator().manual_seed(1))
+        geometry = _cone(96, 90)
+        x = torch.rand(1, 1, *geometry.image_shape, generator=torch.Generator().manual_seed(1))
 
         def construct_and_project():
-            op = ConeBeamProjector(geom, backend="numba", memory_budget=BUDGET)
+            op = ConeBeamProjector(geometry, backend="numba", memory_budget=BUDGET)
             return op, op(x)
 
         (op, y), forward_peak = _peak_growth(construct_and_project)
@@ -110,20 +110,20 @@ def test_memory_budget_numba_backend_holds_no_ray_table_or_volume_copies():
 
 @pytest.mark.parametrize("backend", ["torch"] + (["numba"] if HAS_NUMBA else []))
 def test_memory_budget_chunking_changes_nothing_2d(backend):
-    geom = ParallelBeamGeometry((40, 36), (1.5, 2.0), uniform_angles(30), n_det=57, det_spacing=1.5)
+    geometry = ParallelBeamGeometry((40, 36), (1.5, 2.0), uniform_angles(30), n_det=57, det_spacing=1.5)
     gen = torch.Generator().manual_seed(2)
     x = torch.rand(2, 1, 40, 36, generator=gen, dtype=torch.float64)
     y = torch.rand(2, 1, 30, 57, generator=gen, dtype=torch.float64)
-    whole, tiny = ParallelBeamProjector(geom, backend), ParallelBeamProjector(geom, backend, memory_budget=50_000)
+    whole, tiny = ParallelBeamProjector(geometry, backend), ParallelBeamProjector(geometry, backend, memory_budget=50_000)
     torch.testing.assert_close(tiny(x), whole(x), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(tiny.adjoint(y), whole.adjoint(y), rtol=1e-12, atol=1e-12)
 
 
 def test_memory_budget_must_be_positive():
-    geom = ParallelBeamGeometry((8, 8), 1.0, uniform_angles(4), n_det=11)
+    geometry = ParallelBeamGeometry((8, 8), 1.0, uniform_angles(4), n_det=11)
     for bad in (0, -5, 1.5, True):
         with pytest.raises(ValueError, match="memory_budget must be a positive number of bytes"):
-            ParallelBeamProjector(geom, memory_budget=bad)
+            ParallelBeamProjector(geometry, memory_budget=bad)
 
 
 @needs_proc

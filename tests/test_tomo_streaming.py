@@ -57,9 +57,9 @@ def test_rows_reaching_a_slab_are_a_superset_of_the_rows_that_see_it():
 
 
 def test_stream_device_is_refused_for_2d_geometries():
-    geom = ParallelBeamGeometry((8, 8), 1.0, uniform_angles(4), n_det=11)
+    geometry = ParallelBeamGeometry((8, 8), 1.0, uniform_angles(4), n_det=11)
     with pytest.raises(ValueError, match="stream_device is for cone-beam volumes"):
-        ParallelBeamProjector.__mro__[1](geom, stream_device="cpu")
+        ParallelBeamProjector.__mro__[1](geometry, stream_device="cpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

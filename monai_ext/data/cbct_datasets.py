@@ -104,8 +104,8 @@ def cbct_geometry(
         ValueError: unknown ``scan``, too few views, non-positive sizes, or a source inside the volume.
 
     Example:
-        >>> geom = cbct_geometry(50, (32, 32, 32), 8.0, (32, 32))
-        >>> geom.projection_shape
+        >>> geometry = cbct_geometry(50, (32, 32, 32), 8.0, (32, 32))
+        >>> geometry.projection_shape
         (50, 32, 32)
     """
     if scan not in SCANS:
@@ -129,9 +129,9 @@ def cbct_geometry(
     half_u = sdd * radius / math.sqrt(sod**2 - radius**2)
     half_v = sdd * 0.5 * shape[0] * size / (sod - radius)
     spacing = (_PANEL_MARGIN * 2 * half_v / rows_cols[0], _PANEL_MARGIN * 2 * half_u / rows_cols[1])
-    geom = ConeBeamGeometry(shape, size, (0.0,), rows_cols, spacing, source_to_center=sod, source_to_detector=sdd)
-    angles = short_scan_angles(n_views, geom.fan_angle) if scan == "short" else uniform_angles(n_views, 2 * math.pi)
-    return dataclasses.replace(geom, angles=angles)
+    geometry = ConeBeamGeometry(shape, size, (0.0,), rows_cols, spacing, source_to_center=sod, source_to_detector=sdd)
+    angles = short_scan_angles(n_views, geometry.fan_angle) if scan == "short" else uniform_angles(n_views, 2 * math.pi)
+    return dataclasses.replace(geometry, angles=angles)
 
 
 @functools.lru_cache(maxsize=256)
@@ -181,8 +181,8 @@ def cbct_scans(split: str, n: int, geometry: ConeBeamGeometry, i0: float | None 
         TypeError: ``geometry`` is not a ``ConeBeamGeometry``.
 
     Example:
-        >>> geom = cbct_geometry(20, (16, 16, 16), 16.0, (16, 16))
-        >>> scans = cbct_scans("test", 2, geom, i0=1e5)
+        >>> geometry = cbct_geometry(20, (16, 16, 16), 16.0, (16, 16))
+        >>> scans = cbct_scans("test", 2, geometry, i0=1e5)
         >>> scans.volumes.shape, scans.projections.shape
         (torch.Size([2, 1, 16, 16, 16]), torch.Size([2, 1, 20, 16, 16]))
     """

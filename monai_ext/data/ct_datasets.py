@@ -357,8 +357,8 @@ def ellipse_ct_scans(
 
     Example:
         >>> from monai_ext.tomo import ParallelBeamGeometry, uniform_angles
-        >>> geom = ParallelBeamGeometry((64, 64), 4.0, uniform_angles(5), n_det=64, det_spacing=4.0)
-        >>> scans = ellipse_ct_scans("test", 8, geom, i0=1e4)
+        >>> geometry = ParallelBeamGeometry((64, 64), 4.0, uniform_angles(5), n_det=64, det_spacing=4.0)
+        >>> scans = ellipse_ct_scans("test", 8, geometry, i0=1e4)
         >>> scans.projections.shape
         torch.Size([8, 1, 5, 64])
     """

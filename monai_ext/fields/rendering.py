@@ -44,21 +44,21 @@ class ConeBeamRays:
     """Every ray of a cone-beam geometry, flattened in projection order ``(view, row, col)``, clipped to the box.
 
     Args:
-        geom: the scan's ``ConeBeamGeometry`` (its image grid defines the box).
+        geometry: the scan's ``ConeBeamGeometry`` (its image grid defines the box).
         device: where the ray tensors live.
         dtype: their precision.
 
     Raises:
-        TypeError: ``geom`` is not a ``ConeBeamGeometry``.
+        TypeError: ``geometry`` is not a ``ConeBeamGeometry``.
     """
 
-    def __init__(self, geom: ConeBeamGeometry, device=None, dtype: torch.dtype = torch.float32) -> None:
-        if not isinstance(geom, ConeBeamGeometry):
-            raise TypeError(f"geom must be a ConeBeamGeometry, got {type(geom).__name__}.")
-        self.geom = geom
-        origins, directions = geometry_rays(geom, torch.float64)
+    def __init__(self, geometry: ConeBeamGeometry, device=None, dtype: torch.dtype = torch.float32) -> None:
+        if not isinstance(geometry, ConeBeamGeometry):
+            raise TypeError(f"geometry must be a ConeBeamGeometry, got {type(geometry).__name__}.")
+        self.geometry = geometry
+        origins, directions = geometry_rays(geometry, torch.float64)
         origins, directions = origins.reshape(-1, 3), directions.reshape(-1, 3)
-        t0, t1 = ray_box_intersection(origins, directions, box_half_widths(geom.image_shape, geom.pixel_size))
+        t0, t1 = ray_box_intersection(origins, directions, box_half_widths(geometry.image_shape, geometry.pixel_size))
         self.origins = origins.to(device=device, dtype=dtype)
         self.directions = directions.to(device=device, dtype=dtype)
         self.t0, self.t1 = t0.to(device=device, dtype=dtype), t1.to(device=device, dtype=dtype)
@@ -68,7 +68,7 @@ class ConeBeamRays:
 
     @property
     def projection_shape(self) -> tuple[int, int, int]:
-        return self.geom.projection_shape
+        return self.geometry.projection_shape
 
     def select(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(origins, directions, t0, t1)`` of the rays ``index`` (flat indices)."""

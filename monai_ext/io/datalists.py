@@ -61,8 +61,8 @@ def tomography_cases(dataset_dir: str | None, geometry, mu_scale: float = 0.02) 
         if not (name.endswith((".nii", ".nii.gz", ".npz"))):
             continue
         if (root / f"{stem}.json").is_file():
-            proj, geom, _ = load_projections(path)
-            if not _same_geometry(geom, geometry):
+            proj, scan_geometry, _ = load_projections(path)
+            if not _same_geometry(scan_geometry, geometry):
                 raise ValueError(f"{name} was acquired with a geometry different from the bundle's ({type(geometry).__name__} in the config); "
                                  "reconstruct it with a config whose geometry matches its sidecar.")
             cases.append({"name": stem, "projections": proj[None], "spacing": spacing})

@@ -173,12 +173,12 @@ def save_json(obj, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def geometry_to_dict(geom) -> dict:
+def geometry_to_dict(geometry) -> dict:
     """A JSON-ready description of a ``monai_ext.tomo`` geometry (``type`` plus its fields)."""
-    if type(geom).__name__ not in _GEOMETRIES:
-        raise TypeError(f"not a monai_ext.tomo geometry: {type(geom).__name__}.")
-    fields = {f.name: getattr(geom, f.name) for f in dataclasses.fields(geom)}
-    return {"type": type(geom).__name__, **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
+    if type(geometry).__name__ not in _GEOMETRIES:
+        raise TypeError(f"not a monai_ext.tomo geometry: {type(geometry).__name__}.")
+    fields = {f.name: getattr(geometry, f.name) for f in dataclasses.fields(geometry)}
+    return {"type": type(geometry).__name__, **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
 
 
 def geometry_from_dict(spec: dict):
@@ -207,7 +207,7 @@ def _sidecar(path: Path) -> Path:
     raise ValueError(f"projection files must end in .npz, .nii or .nii.gz, got {path.name}.")
 
 
-def save_projections(projections, geom, path: str | os.PathLike, extra: dict | None = None) -> Path:
+def save_projections(projections, geometry, path: str | os.PathLike, extra: dict | None = None) -> Path:
     """Write projections ``(views, [rows,] cols)`` with a JSON geometry sidecar, both atomically."""
     path = Path(path)
     arr = _numpy(projections).astype(np.float32)
@@ -218,7 +218,7 @@ def save_projections(projections, geom, path: str | os.PathLike, extra: dict | N
                 np.savez_compressed(handle, projections=arr)
     else:
         save_nifti(arr, path)
-    save_json({"geometry": geometry_to_dict(geom), **(extra or {})}, sidecar)
+    save_json({"geometry": geometry_to_dict(geometry), **(extra or {})}, sidecar)
     return path
 
 
@@ -241,7 +241,7 @@ def load_projections(path: str | os.PathLike) -> tuple[torch.Tensor, object, dic
         raise ValueError(f"geometry sidecar {sidecar} is not valid JSON: {err}") from err
     if "geometry" not in meta:
         raise ValueError(f"geometry sidecar {sidecar} lacks the 'geometry' field.")
-    geom = geometry_from_dict(meta["geometry"])
+    geometry = geometry_from_dict(meta["geometry"])
     if path.name.endswith(".npz"):
         try:
             with np.load(path) as npz:
@@ -252,9 +252,9 @@ def load_projections(path: str | os.PathLike) -> tuple[torch.Tensor, object, dic
             raise ValueError(f"cannot read projection file {path}: {err}") from err
     else:
         arr, _ = load_nifti(path)
-    expected = geom.projection_shape if isinstance(geom, ConeBeamGeometry) else geom.sinogram_shape
+    expected = geometry.projection_shape if isinstance(geometry, ConeBeamGeometry) else geometry.sinogram_shape
     if tuple(arr.shape) != tuple(expected):
         raise ValueError(f"projections in {path} have shape {arr.shape}, but the geometry in {sidecar.name} expects {tuple(expected)}.")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"projections in {path} contain non-finite values.")
-    return torch.from_numpy(arr), geom, meta
+    return torch.from_numpy(arr), geometry, meta

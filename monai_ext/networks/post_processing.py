@@ -28,8 +28,8 @@ class PostProcessingNet(nn.Module):
     Example:
         >>> from monai.networks.nets import UNet
         >>> from monai_ext.tomo import FBP, ParallelBeamGeometry, uniform_angles
-        >>> geom = ParallelBeamGeometry((32, 32), 4.0, uniform_angles(5), n_det=32, det_spacing=4.0)
-        >>> net = PostProcessingNet(FBP(geom, "hann"), UNet(2, 1, 1, (8, 16), (2,)))
+        >>> geometry = ParallelBeamGeometry((32, 32), 4.0, uniform_angles(5), n_det=32, det_spacing=4.0)
+        >>> net = PostProcessingNet(FBP(geometry, "hann"), UNet(2, 1, 1, (8, 16), (2,)))
         >>> net(torch.zeros(1, 1, 5, 32)).shape
         torch.Size([1, 1, 32, 32])
 

@@ -53,8 +53,8 @@ def save_exam(exam: DynamicPETExam, directory: str | os.PathLike) -> dict[str, P
         ['activity', 'activity_json', 'labels', 'mu_map', 'sinograms', 'sinograms_json']
     """
     directory = Path(directory)
-    geom, scanner, schedule = exam.geometry, exam.scanner, exam.schedule
-    affine = _ras_affine(geom.image_shape, geom.pixel_size, scanner.plane_spacing)
+    geometry, scanner, schedule = exam.geometry, exam.scanner, exam.schedule
+    affine = _ras_affine(geometry.image_shape, geometry.pixel_size, scanner.plane_spacing)
     paths: dict[str, Path] = {}
     mean_duration = float(np.mean(schedule.durations))
     paths["activity"] = save_nifti(exam.activity, directory / "activity.nii.gz", affine=affine, time_step=mean_duration)
@@ -94,7 +94,7 @@ def save_exam(exam: DynamicPETExam, directory: str | os.PathLike) -> dict[str, P
         {
             "format": _FORMAT,
             "scanner": dataclasses.asdict(scanner),
-            "geometry": geometry_to_dict(geom),
+            "geometry": geometry_to_dict(geometry),
             "psf_fwhm_mm": exam.psf_fwhm,
             "schedule": schedule.as_dict(),
             "total_counts": exam.total_counts,

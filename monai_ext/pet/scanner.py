@@ -152,16 +152,16 @@ class PETScanner:
         angles = uniform_angles(n_views, math.pi, start=0.5 * (view_mashing - 1) * step)
         return ParallelBeamGeometry((ny, nx), (dy, dx), angles, n_det=int(n_bins), det_spacing=width)
 
-    def lor_crystals(self, geom: ParallelBeamGeometry) -> np.ndarray:
+    def lor_crystals(self, geometry: ParallelBeamGeometry) -> np.ndarray:
         """Crystal indices ``(n_views, n_bins, 2)`` at the two ends of each sinogram bin's line of response.
 
         The line of bin ``u`` at view ``theta`` (see ``monai_ext.tomo.geometry``) meets the ring (radius ``R``) at
         angles ``theta +- acos(u / R)``; crystal ``k`` is centred at angle ``2 pi k / detectors_per_ring``.
         """
         radius = 0.5 * self.ring_diameter
-        u = (np.arange(geom.n_det) - 0.5 * (geom.n_det - 1)) * geom.det_spacing + geom.det_offset
+        u = (np.arange(geometry.n_det) - 0.5 * (geometry.n_det - 1)) * geometry.det_spacing + geometry.det_offset
         half_chord = np.arccos(np.clip(u / radius, -1.0, 1.0))
-        theta = np.asarray(geom.angles)[:, None]
+        theta = np.asarray(geometry.angles)[:, None]
         ends = np.stack([theta + half_chord[None, :], theta - half_chord[None, :]], axis=-1)
         return np.rint(ends / (2 * math.pi / self.detectors_per_ring)).astype(np.int64) % self.detectors_per_ring
 

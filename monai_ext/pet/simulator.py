@@ -78,13 +78,13 @@ def region_parameters(phantom: BrainPhantom, kinetics: dict = PE2I_LIKE_KINETICS
     return TwoTissueParameters(*rates.T)
 
 
-def crystal_pair_normalisation(scanner: PETScanner, geom: ParallelBeamGeometry, efficiency_sd: float, seed: int = 0) -> torch.Tensor:
+def crystal_pair_normalisation(scanner: PETScanner, geometry: ParallelBeamGeometry, efficiency_sd: float, seed: int = 0) -> torch.Tensor:
     """Normalisation factors ``n = e_a e_b`` ``(n_views, n_bins)`` from seeded crystal efficiencies
     ``e ~ N(1, efficiency_sd)`` (clipped to ``[0.5, 1.5]``) of the two crystals of each line of response."""
     if not efficiency_sd >= 0:
         raise ValueError(f"efficiency_sd must be non-negative, got {efficiency_sd}.")
     efficiency = np.clip(1.0 + efficiency_sd * np.random.default_rng(seed).standard_normal(scanner.detectors_per_ring), 0.5, 1.5)
-    pairs = scanner.lor_crystals(geom)
+    pairs = scanner.lor_crystals(geometry)
     return torch.as_tensor(efficiency[pairs[..., 0]] * efficiency[pairs[..., 1]])
 
 

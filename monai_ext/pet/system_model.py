@@ -137,8 +137,8 @@ class PETSystemModel(LinearOperator):
 
     Example:
         >>> from monai_ext.pet import DEMO_SCANNER
-        >>> geom = DEMO_SCANNER.sinogram_geometry((32, 32), 8.0)
-        >>> model = PETSystemModel(geom, psf_fwhm=8.0, mu_map=torch.full((32, 32), 0.0096))
+        >>> geometry = DEMO_SCANNER.sinogram_geometry((32, 32), 8.0)
+        >>> model = PETSystemModel(geometry, psf_fwhm=8.0, mu_map=torch.full((32, 32), 0.0096))
         >>> model(torch.ones(2, 20, 32, 32)).shape
         torch.Size([2, 20, 80, 77])
     """

@@ -153,11 +153,11 @@ class EllipsoidPhantom:
             out += e.value * 2.0 * np.sqrt(disc) / qa
         return torch.as_tensor(out)
 
-    def projections(self, geom, dtype=torch.float32, detector_supersample: int = 1) -> torch.Tensor:
+    def projections(self, geometry, dtype=torch.float32, detector_supersample: int = 1) -> torch.Tensor:
         """Exact projections for a ``monai_ext.tomo`` geometry, shaped like the projector's output without B, C.
 
         Args:
-            geom: a parallel, fan or cone-beam geometry.
+            geometry: a parallel, fan or cone-beam geometry.
             dtype: output dtype.
             detector_supersample: ``s > 1`` averages ``s`` (2D) or ``s x s`` (3D) exact line integrals spread over
                 each detector pixel, modelling a detector that integrates over its area.
@@ -169,14 +169,14 @@ class EllipsoidPhantom:
             raise ValueError(f"detector_supersample must be a positive integer, got {detector_supersample}.")
         shifts = ((np.arange(s) + 0.5) / s - 0.5) if s > 1 else np.zeros(1)
         total = None
-        cone = hasattr(geom, "det_shape")
+        cone = hasattr(geometry, "det_shape")
         for dv in shifts if cone else [0.0]:
             for du in shifts:
                 if cone:
-                    offset = (geom.det_offset[0] + dv * geom.det_spacing[0], geom.det_offset[1] + du * geom.det_spacing[1])
+                    offset = (geometry.det_offset[0] + dv * geometry.det_spacing[0], geometry.det_offset[1] + du * geometry.det_spacing[1])
                 else:
-                    offset = geom.det_offset + du * geom.det_spacing
-                origins, directions = geometry_rays(dataclasses.replace(geom, det_offset=offset), torch.float64)
+                    offset = geometry.det_offset + du * geometry.det_spacing
+                origins, directions = geometry_rays(dataclasses.replace(geometry, det_offset=offset), torch.float64)
                 value = self.line_integrals(origins, directions)
                 total = value if total is None else total + value
         count = len(shifts) ** (2 if cone else 1)

@@ -171,16 +171,16 @@ def _is_short_scan(angles: tuple[float, ...]) -> bool:
     return bool(gaps[0] > math.pi / 6 and gaps[0] > 3.0 * gaps[1])
 
 
-def _fbp_parallel(sino: torch.Tensor, geom: ParallelBeamGeometry, window: str, oversample: int) -> torch.Tensor:
-    q = filter_projections(sino, geom.det_spacing, window, oversample)
-    weights = _angular_weights(geom.angles, math.pi).to(q)
-    theta = torch.tensor(geom.angles, dtype=q.dtype, device=q.device)
-    (ny, nx), (dy, dx), n_det = geom.image_shape, geom.pixel_size, geom.n_det
+def _fbp_parallel(sino: torch.Tensor, geometry: ParallelBeamGeometry, window: str, oversample: int) -> torch.Tensor:
+    q = filter_projections(sino, geometry.det_spacing, window, oversample)
+    weights = _angular_weights(geometry.angles, math.pi).to(q)
+    theta = torch.tensor(geometry.angles, dtype=q.dtype, device=q.device)
+    (ny, nx), (dy, dx), n_det = geometry.image_shape, geometry.pixel_size, geometry.n_det
     b, c, n_views = q.shape[:3]
     views = q.permute(2, 0, 1, 3).reshape(n_views, b * c, 1, q.shape[-1])
     # grid coordinate of u = x cos + y sin, split into its x and y terms so one broadcast add builds the grid
-    scale = 2.0 * oversample / (geom.det_spacing * n_det * oversample)
-    shift = _detector_grid(torch.zeros((), dtype=q.dtype), n_det, geom.det_spacing, geom.det_offset, oversample)
+    scale = 2.0 * oversample / (geometry.det_spacing * n_det * oversample)
+    shift = _detector_grid(torch.zeros((), dtype=q.dtype), n_det, geometry.det_spacing, geometry.det_offset, oversample)
     xs = (torch.arange(nx, dtype=q.dtype, device=q.device) - 0.5 * (nx - 1)) * dx * scale
     ys = (torch.arange(ny, dtype=q.dtype, device=q.device) - 0.5 * (ny - 1)) * dy * scale
     out = q.new_zeros(b * c, ny, nx)
@@ -197,31 +197,31 @@ def _fbp_parallel(sino: torch.Tensor, geom: ParallelBeamGeometry, window: str, o
 
 
 def _fdk_divergent(
-    proj: torch.Tensor, geom, window: str, short_scan: bool | None, oversample: int, memory_budget: int = DEFAULT_MEMORY_BUDGET
+    proj: torch.Tensor, geometry, window: str, short_scan: bool | None, oversample: int, memory_budget: int = DEFAULT_MEMORY_BUDGET
 ) -> torch.Tensor:
     """FDK on projections ``(B, C, views, rows, cols)``; fan beam is the one-row, one-slice case.
 
     Works within ``memory_budget`` bytes beyond the input and the output: views are weighted and filtered chunk by
     chunk, and each chunk is backprojected slab by slab of z planes.
     """
-    cone = isinstance(geom, ConeBeamGeometry)
-    sod, sdd = geom.source_to_center, geom.source_to_detector
+    cone = isinstance(geometry, ConeBeamGeometry)
+    sod, sdd = geometry.source_to_center, geometry.source_to_detector
     if cone:
-        (n_rows, n_cols), (dv, du), (ov, ou) = geom.det_shape, geom.det_spacing, geom.det_offset
-        nz, ny, nx = geom.image_shape
-        dz, dy, dx = geom.pixel_size
+        (n_rows, n_cols), (dv, du), (ov, ou) = geometry.det_shape, geometry.det_spacing, geometry.det_offset
+        nz, ny, nx = geometry.image_shape
+        dz, dy, dx = geometry.pixel_size
     else:
-        n_rows, n_cols, dv, du, ov, ou = 1, geom.n_det, 1.0, geom.det_spacing, 0.0, geom.det_offset
-        (ny, nx), (dy, dx), nz, dz = geom.image_shape, geom.pixel_size, 1, 1.0
+        n_rows, n_cols, dv, du, ov, ou = 1, geometry.n_det, 1.0, geometry.det_spacing, 0.0, geometry.det_offset
+        (ny, nx), (dy, dx), nz, dz = geometry.image_shape, geometry.pixel_size, 1, 1.0
     dtype, device = proj.dtype, proj.device
     u = (torch.arange(n_cols, dtype=dtype, device=device) - 0.5 * (n_cols - 1)) * du + ou
     v = (torch.arange(n_rows, dtype=dtype, device=device) - 0.5 * (n_rows - 1)) * dv + ov if cone else u.new_zeros(1)
     # cosine pre-weighting, then the ramp along columns on the virtual detector through the axis
     pre = sdd / torch.sqrt(sdd**2 + u[None, :] ** 2 + v[:, None] ** 2)
     if short_scan is None:
-        short_scan = _is_short_scan(geom.angles)
+        short_scan = _is_short_scan(geometry.angles)
         if short_scan:
-            gap = _circular_gaps(geom.angles, 2 * math.pi)[0]
+            gap = _circular_gaps(geometry.angles, 2 * math.pi)[0]
             logger.info(
                 "angles cover %.1f degrees (largest unmeasured arc %.1f): short scan, Parker weights applied "
                 "(pass short_scan=False to forbid).",
@@ -231,13 +231,13 @@ def _fdk_divergent(
     redundancy = None
     if short_scan:
         # Parker's gamma grows against our direction of rotation: column u has gamma = -atan(u / sdd)
-        redundancy = parker_weights(geom.angles, -u.cpu(), sdd).to(proj)  # (views, cols)
-        view_w = _short_scan_weights(geom.angles).to(proj)
+        redundancy = parker_weights(geometry.angles, -u.cpu(), sdd).to(proj)  # (views, cols)
+        view_w = _short_scan_weights(geometry.angles).to(proj)
     else:
-        view_w = 0.5 * _angular_weights(geom.angles, 2 * math.pi).to(proj)  # each line measured twice
+        view_w = 0.5 * _angular_weights(geometry.angles, 2 * math.pi).to(proj)  # each line measured twice
     b, c, n_views = proj.shape[:3]
     bc, item = b * c, proj.element_size()
-    theta = torch.tensor(geom.angles, dtype=dtype, device=device)
+    theta = torch.tensor(geometry.angles, dtype=dtype, device=device)
     xs = (torch.arange(nx, dtype=dtype, device=device) - 0.5 * (nx - 1)) * dx
     ys = (torch.arange(ny, dtype=dtype, device=device) - 0.5 * (ny - 1)) * dy
     zs = (torch.arange(nz, dtype=dtype, device=device) - 0.5 * (nz - 1)) * dz if cone else xs.new_zeros(1)
@@ -288,8 +288,8 @@ def _fdk_divergent(
     return out.reshape(b, c, *shape)
 
 
-def _check_projections(p: torch.Tensor, geom) -> None:
-    expected = geom.projection_shape if isinstance(geom, ConeBeamGeometry) else geom.sinogram_shape
+def _check_projections(p: torch.Tensor, geometry) -> None:
+    expected = geometry.projection_shape if isinstance(geometry, ConeBeamGeometry) else geometry.sinogram_shape
     if not isinstance(p, torch.Tensor) or p.ndim != 2 + len(expected) or tuple(p.shape[2:]) != tuple(expected):
         got = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
         raise ValueError(f"projections must have shape (B, C, {', '.join(map(str, expected))}), got {got}.")
@@ -299,7 +299,7 @@ def _check_projections(p: torch.Tensor, geom) -> None:
 
 def fbp(
     sinogram: torch.Tensor,
-    geom: ParallelBeamGeometry | FanBeamGeometry,
+    geometry: ParallelBeamGeometry | FanBeamGeometry,
     window: str = "ramp",
     short_scan: bool | None = None,
     oversample: int = 1,
@@ -313,7 +313,7 @@ def fbp(
 
     Args:
         sinogram: line integrals, ``(B, C, n_angles, n_det)``.
-        geom: the acquisition geometry.
+        geometry: the acquisition geometry.
         window: apodisation of the ramp, one of ``FILTERS``.
         short_scan: force (True) or forbid (False) Parker weighting for fan beam; ``None`` decides from the angles.
         oversample: filtered projections are interpolated on a grid this many times finer than the detector
@@ -326,17 +326,17 @@ def fbp(
     neighbours on that circle, so the weights sum to pi (2 pi, halved, for a full fan scan) whether the angles
     are uniform, random or incomplete.
     """
-    _check_projections(sinogram, geom)
-    if isinstance(geom, ParallelBeamGeometry):
-        return _fbp_parallel(sinogram, geom, window, oversample)
-    if isinstance(geom, FanBeamGeometry):
-        return _fdk_divergent(sinogram[:, :, :, None, :], geom, window, short_scan, oversample, memory_budget)
-    raise TypeError(f"fbp needs a ParallelBeamGeometry or FanBeamGeometry, got {type(geom).__name__}; use fdk for cone beam.")
+    _check_projections(sinogram, geometry)
+    if isinstance(geometry, ParallelBeamGeometry):
+        return _fbp_parallel(sinogram, geometry, window, oversample)
+    if isinstance(geometry, FanBeamGeometry):
+        return _fdk_divergent(sinogram[:, :, :, None, :], geometry, window, short_scan, oversample, memory_budget)
+    raise TypeError(f"fbp needs a ParallelBeamGeometry or FanBeamGeometry, got {type(geometry).__name__}; use fdk for cone beam.")
 
 
 def fdk(
     projections: torch.Tensor,
-    geom: ConeBeamGeometry,
+    geometry: ConeBeamGeometry,
     window: str = "ramp",
     short_scan: bool | None = None,
     oversample: int = 1,
@@ -350,27 +350,27 @@ def fdk(
     filtered and backprojected in chunks of views and z slabs that fit ``memory_budget`` bytes beyond the input
     and the output.
     """
-    if not isinstance(geom, ConeBeamGeometry):
-        raise TypeError(f"fdk needs a ConeBeamGeometry, got {type(geom).__name__}.")
-    _check_projections(projections, geom)
-    return _fdk_divergent(projections, geom, window, short_scan, oversample, memory_budget)
+    if not isinstance(geometry, ConeBeamGeometry):
+        raise TypeError(f"fdk needs a ConeBeamGeometry, got {type(geometry).__name__}.")
+    _check_projections(projections, geometry)
+    return _fdk_divergent(projections, geometry, window, short_scan, oversample, memory_budget)
 
 
 class FBP(torch.nn.Module):
     """Analytic reconstruction as a module: FBP for parallel/fan beam, FDK for cone beam.
 
     Args:
-        geom: acquisition geometry.
+        geometry: acquisition geometry.
         window: ramp apodisation, one of ``FILTERS``.
     """
 
-    def __init__(self, geom, window: str = "ramp") -> None:
+    def __init__(self, geometry, window: str = "ramp") -> None:
         super().__init__()
         if window not in FILTERS:
             raise ValueError(f"window must be one of {FILTERS}, got {window!r}.")
-        self.geom, self.window = geom, window
+        self.geometry, self.window = geometry, window
 
     def forward(self, projections: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.geom, ConeBeamGeometry):
-            return fdk(projections, self.geom, self.window)
-        return fbp(projections, self.geom, self.window)
+        if isinstance(self.geometry, ConeBeamGeometry):
+            return fdk(projections, self.geometry, self.window)
+        return fbp(projections, self.geometry, self.window)

@@ -126,8 +126,8 @@ class ParallelBeamGeometry(_ImageGeometry):
         det_offset: shift of the detector centre along ``e_u`` in mm.
 
     Example:
-        >>> geom = ParallelBeamGeometry((256, 256), 1.0, uniform_angles(180), n_det=367, det_spacing=1.0)
-        >>> geom.sinogram_shape
+        >>> geometry = ParallelBeamGeometry((256, 256), 1.0, uniform_angles(180), n_det=367, det_spacing=1.0)
+        >>> geometry.sinogram_shape
         (180, 367)
     """
 
@@ -201,9 +201,9 @@ class ConeBeamGeometry(_ImageGeometry):
         det_offset: ``(v, u)`` shift of the panel centre in mm.
 
     Example:
-        >>> geom = ConeBeamGeometry((64, 64, 64), 4.0, uniform_angles(360, 2 * math.pi), (64, 64), 6.0,
+        >>> geometry = ConeBeamGeometry((64, 64, 64), 4.0, uniform_angles(360, 2 * math.pi), (64, 64), 6.0,
         ...                         source_to_center=1000.0, source_to_detector=1500.0)
-        >>> geom.projection_shape
+        >>> geometry.projection_shape
         (360, 64, 64)
     """
 

@@ -318,14 +318,14 @@ def joseph_adjoint_cpu(
     return out
 
 
-def cone_view_table(geom) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cone_view_table(geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(views, u, v)`` of a ``ConeBeamGeometry`` for the 3D kernels: per view the source ``(x, y)``, the panel
     centre ``(x, y)`` and the column axis ``e_u`` (``(V, 6)``), and the column and row centres in mm."""
-    theta = np.asarray(geom.angles, dtype=np.float64)
+    theta = np.asarray(geometry.angles, dtype=np.float64)
     e_u = np.stack([np.cos(theta), np.sin(theta)], axis=-1)
     e_d = np.stack([-np.sin(theta), np.cos(theta)], axis=-1)
-    views = np.concatenate([-geom.source_to_center * e_d, (geom.source_to_detector - geom.source_to_center) * e_d, e_u], -1)
-    (n_rows, n_cols), (dv, du), (ov, ou) = geom.det_shape, geom.det_spacing, geom.det_offset
+    views = np.concatenate([-geometry.source_to_center * e_d, (geometry.source_to_detector - geometry.source_to_center) * e_d, e_u], -1)
+    (n_rows, n_cols), (dv, du), (ov, ou) = geometry.det_shape, geometry.det_spacing, geometry.det_offset
     u = (np.arange(n_cols, dtype=np.float64) - 0.5 * (n_cols - 1)) * du + ou
     v = (np.arange(n_rows, dtype=np.float64) - 0.5 * (n_rows - 1)) * dv + ov
     return np.ascontiguousarray(views), u, v

@@ -70,7 +70,8 @@ class JosephProjector(ExplicitAdjointOperator):
 
     @property
     def geom(self):
-        """The geometry (older name of ``geometry``)."""
+        """Deprecated name of ``geometry``, kept for one release (no warning: ``torch.jit.trace`` reads every
+        attribute of a module it exports)."""
         return self.geometry
 
     def _describe(self) -> str:

@@ -28,11 +28,11 @@ def _view_axes(angles: tuple[float, ...], dtype: torch.dtype) -> tuple[torch.Ten
     return e_u, e_d
 
 
-def geometry_rays(geom, dtype: torch.dtype = torch.float64, views: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def geometry_rays(geometry, dtype: torch.dtype = torch.float64, views: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Origins and unit directions of every ray, in ``(x, y)`` or ``(x, y, z)`` millimetres.
 
     Args:
-        geom: the acquisition geometry.
+        geometry: the acquisition geometry.
         dtype: floating-point dtype of the result.
         views: a slice of the view angles to compute the rays of (all views by default), so that callers can
             walk a large scan in chunks of views without holding every ray.
@@ -40,31 +40,31 @@ def geometry_rays(geom, dtype: torch.dtype = torch.float64, views: slice | None 
     Returns:
         ``(origins, directions)`` of shape ``(n_views, *detector_shape, ndim)``.
     """
-    angles = geom.angles if views is None else geom.angles[views]
+    angles = geometry.angles if views is None else geometry.angles[views]
     e_u, e_d = _view_axes(angles, dtype)
-    if isinstance(geom, ParallelBeamGeometry):
-        u = _bin_centres(geom.n_det, geom.det_spacing, geom.det_offset, dtype)
+    if isinstance(geometry, ParallelBeamGeometry):
+        u = _bin_centres(geometry.n_det, geometry.det_spacing, geometry.det_offset, dtype)
         origins = u[None, :, None] * e_u[:, None, :]
         directions = e_d[:, None, :].expand_as(origins)
         return origins, directions.contiguous()
-    if isinstance(geom, FanBeamGeometry):
-        u = _bin_centres(geom.n_det, geom.det_spacing, geom.det_offset, dtype)
-        source = -geom.source_to_center * e_d[:, None, :]
-        pixel = (geom.source_to_detector - geom.source_to_center) * e_d[:, None, :] + u[None, :, None] * e_u[:, None, :]
+    if isinstance(geometry, FanBeamGeometry):
+        u = _bin_centres(geometry.n_det, geometry.det_spacing, geometry.det_offset, dtype)
+        source = -geometry.source_to_center * e_d[:, None, :]
+        pixel = (geometry.source_to_detector - geometry.source_to_center) * e_d[:, None, :] + u[None, :, None] * e_u[:, None, :]
         directions = pixel - source
         return source.expand_as(directions).contiguous(), directions / directions.norm(dim=-1, keepdim=True)
-    if isinstance(geom, ConeBeamGeometry):
-        (n_rows, n_cols), (dv, du), (ov, ou) = geom.det_shape, geom.det_spacing, geom.det_offset
+    if isinstance(geometry, ConeBeamGeometry):
+        (n_rows, n_cols), (dv, du), (ov, ou) = geometry.det_shape, geometry.det_spacing, geometry.det_offset
         u = _bin_centres(n_cols, du, ou, dtype)
         v = _bin_centres(n_rows, dv, ov, dtype)
         n_a = len(angles)
-        centre = (geom.source_to_detector - geom.source_to_center) * e_d
+        centre = (geometry.source_to_detector - geometry.source_to_center) * e_d
         pixel_xy = centre[:, None, None, :] + u[None, None, :, None] * e_u[:, None, None, :]
         pixel = torch.cat([pixel_xy.expand(n_a, n_rows, n_cols, 2), v[None, :, None, None].expand(n_a, n_rows, n_cols, 1)], -1)
-        source = torch.cat([-geom.source_to_center * e_d, torch.zeros(n_a, 1, dtype=dtype)], -1)[:, None, None, :]
+        source = torch.cat([-geometry.source_to_center * e_d, torch.zeros(n_a, 1, dtype=dtype)], -1)[:, None, None, :]
         directions = pixel - source
         return source.expand_as(directions).contiguous(), directions / directions.norm(dim=-1, keepdim=True)
-    raise TypeError(f"geom must be a ParallelBeamGeometry, FanBeamGeometry or ConeBeamGeometry, got {type(geom).__name__}.")
+    raise TypeError(f"geometry must be a ParallelBeamGeometry, FanBeamGeometry or ConeBeamGeometry, got {type(geometry).__name__}.")
 
 
 def joseph_samples(
@@ -103,7 +103,7 @@ def joseph_samples(
     return grid, weights
 
 
-def ray_count(geom) -> int:
+def ray_count(geometry) -> int:
     """Number of rays (views x detector pixels) of a geometry."""
-    det = (geom.n_det,) if hasattr(geom, "n_det") else geom.det_shape
-    return geom.n_angles * math.prod(det)
+    det = (geometry.n_det,) if hasattr(geometry, "n_det") else geometry.det_shape
+    return geometry.n_angles * math.prod(det)

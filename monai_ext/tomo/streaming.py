@@ -47,7 +47,7 @@ def slab_grid(grid: torch.Tensor, nz: int, z0: int, z1: int) -> torch.Tensor:
     return local
 
 
-def rows_reaching(geom: ConeBeamGeometry, z_lo: float, z_hi: float) -> tuple[int, int]:
+def rows_reaching(geometry: ConeBeamGeometry, z_lo: float, z_hi: float) -> tuple[int, int]:
     """Detector rows ``[r0, r1)`` whose rays can pass through heights ``[z_lo, z_hi]`` (mm) inside the volume.
 
     A ray to row height ``v`` is at height ``v * lambda`` a fraction ``lambda`` of the way to the panel; inside the
@@ -55,11 +55,11 @@ def rows_reaching(geom: ConeBeamGeometry, z_lo: float, z_hi: float) -> tuple[int
     longest source-to-pixel distance in the plane. A superset is enough: rows that miss the slab add work, not
     error.
     """
-    (n_rows, n_cols), (dv, du), (ov, ou) = geom.det_shape, geom.det_spacing, geom.det_offset
-    _, ny, nx = geom.image_shape
-    _, dy, dx = geom.pixel_size
+    (n_rows, n_cols), (dv, du), (ov, ou) = geometry.det_shape, geometry.det_spacing, geometry.det_offset
+    _, ny, nx = geometry.image_shape
+    _, dy, dx = geometry.pixel_size
     radius = math.hypot(0.5 * nx * dx, 0.5 * ny * dy)
-    sod, sdd = geom.source_to_center, geom.source_to_detector
+    sod, sdd = geometry.source_to_center, geometry.source_to_detector
     if sod <= radius:  # the source inside the cylinder: any row may reach any height
         return 0, n_rows
     u_max = 0.5 * n_cols * du + abs(ou)
@@ -86,14 +86,14 @@ def stream_cone(op, flat: torch.Tensor, adjoint: bool, device: torch.device) -> 
     Returns:
         projections ``(C, n_rays)`` or volumes ``(C, *image_shape)`` on ``flat``'s device.
     """
-    geom = op.geom
-    nz, ny, nx = geom.image_shape
-    dz = geom.pixel_size[0]
+    geometry = op.geometry
+    nz, ny, nx = geometry.image_shape
+    dz = geometry.pixel_size[0]
     n_ch, dtype, item = flat.shape[0], flat.dtype, flat.element_size()
-    n_views, (n_rows, n_cols) = geom.n_angles, geom.det_shape
+    n_views, (n_rows, n_cols) = geometry.n_angles, geometry.det_shape
     budget = op.memory_budget
     slabs = slab_ranges(nz, n_ch * ny * nx * item, budget // 4)
-    n_samples = max(geom.image_shape)
+    n_samples = max(geometry.image_shape)
     per_ray = n_samples * op._sample_bytes(n_ch, dtype) + 48
     rays_per_chunk = max(1, (budget // 2) // per_ray)
     if adjoint:
@@ -105,7 +105,7 @@ def stream_cone(op, flat: torch.Tensor, adjoint: bool, device: torch.device) -> 
         top = min(nz, z1 + 1)
         depth = top - z0
         centre = 0.5 * (nz - 1)
-        r0, r1 = rows_reaching(geom, (z0 - 1 - centre) * dz, (top - centre) * dz)
+        r0, r1 = rows_reaching(geometry, (z0 - 1 - centre) * dz, (top - centre) * dz)
         if r1 <= r0:
             continue
         if adjoint:
@@ -116,12 +116,12 @@ def stream_cone(op, flat: torch.Tensor, adjoint: bool, device: torch.device) -> 
         rows_per_chunk = max(1, min(r1 - r0, rays_per_chunk // n_cols))
         for v0 in range(0, n_views, views_per_chunk):
             v1 = min(n_views, v0 + views_per_chunk)
-            origins, directions = geometry_rays(geom, torch.float64, slice(v0, v1))
+            origins, directions = geometry_rays(geometry, torch.float64, slice(v0, v1))
             for a in range(r0, r1, rows_per_chunk):
                 b = min(r1, a + rows_per_chunk)
                 o = origins[:, a:b].reshape(-1, 3).to(device)
                 d = directions[:, a:b].reshape(-1, 3).to(device)
-                grid, weights = joseph_samples(o, d, geom.image_shape, geom.pixel_size)
+                grid, weights = joseph_samples(o, d, geometry.image_shape, geometry.pixel_size)
                 del o, d
                 g = slab_grid(grid, nz, z0, z1).to(dtype)[None, None]
                 w = weights.to(dtype)

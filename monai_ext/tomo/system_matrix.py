@@ -21,13 +21,13 @@ from .rays import geometry_rays, joseph_samples
 __all__ = ["joseph_matrix"]
 
 
-def joseph_matrix(geom, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def joseph_matrix(geometry, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """The Joseph system matrix of a 2D geometry as a sparse COO tensor ``(n_rays, n_pixels)``, coalesced.
 
     Rows follow the projection layout ``(n_angles, n_det)`` flattened; columns the image ``(ny, nx)`` flattened.
 
     Args:
-        geom: a 2D ``ParallelBeamGeometry`` or ``FanBeamGeometry``.
+        geometry: a 2D ``ParallelBeamGeometry`` or ``FanBeamGeometry``.
         dtype: dtype of the entries.
 
     Raises:
@@ -35,16 +35,16 @@ def joseph_matrix(geom, dtype: torch.dtype = torch.float64) -> torch.Tensor:
 
     Example:
         >>> from monai_ext.tomo import ParallelBeamGeometry, uniform_angles
-        >>> geom = ParallelBeamGeometry((16, 16), 1.0, uniform_angles(8), n_det=23)
-        >>> joseph_matrix(geom).shape
+        >>> geometry = ParallelBeamGeometry((16, 16), 1.0, uniform_angles(8), n_det=23)
+        >>> joseph_matrix(geometry).shape
         torch.Size([184, 256])
     """
-    if isinstance(geom, ConeBeamGeometry) or len(geom.image_shape) != 2:
-        raise NotImplementedError(f"joseph_matrix supports 2D geometries only, got {type(geom).__name__}.")
-    ny, nx = (int(n) for n in geom.image_shape)
-    origins, directions = geometry_rays(geom, torch.float64)
+    if isinstance(geometry, ConeBeamGeometry) or len(geometry.image_shape) != 2:
+        raise NotImplementedError(f"joseph_matrix supports 2D geometries only, got {type(geometry).__name__}.")
+    ny, nx = (int(n) for n in geometry.image_shape)
+    origins, directions = geometry_rays(geometry, torch.float64)
     origins, directions = origins.reshape(-1, 2), directions.reshape(-1, 2)
-    grid, weights = joseph_samples(origins, directions, (ny, nx), tuple(geom.pixel_size))
+    grid, weights = joseph_samples(origins, directions, (ny, nx), tuple(geometry.pixel_size))
     # grid_sample(align_corners=False) coordinates -> continuous pixel indices (column, row)
     col = ((grid[..., 0] + 1.0) * nx - 1.0) / 2.0
     row = ((grid[..., 1] + 1.0) * ny - 1.0) / 2.0

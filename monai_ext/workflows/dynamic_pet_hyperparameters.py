@@ -157,12 +157,12 @@ def _settings(cls, value):
 
 def simulation_setting(simulator: DynamicPETSimulator, solver: SolverSettings, slice_fraction: float) -> dict:
     """What learned weights depend on: grid, scanner sampling, PSF, frame schedule, background, ``eps``."""
-    geom = simulator.geometry
+    geometry = simulator.geometry
     return {
         "image_shape": list(simulator.image_shape),
-        "pixel_size_mm": list(geom.pixel_size),
+        "pixel_size_mm": list(geometry.pixel_size),
         "scanner": simulator.scanner.name,
-        "sinogram_shape": list(geom.sinogram_shape),
+        "sinogram_shape": list(geometry.sinogram_shape),
         "psf_fwhm_mm": simulator.psf_fwhm,
         "frame_durations_s": list(simulator.schedule.durations),
         "background_fraction": simulator.background_fraction,

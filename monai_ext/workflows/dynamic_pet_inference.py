@@ -75,10 +75,10 @@ def _case(name: str, exam: dict, dose: float, simulator: DynamicPETSimulator, so
         )
     if exam["background"].shape != counts.shape:
         raise ValueError(f"{source}: background {tuple(exam['background'].shape)} does not match counts {tuple(counts.shape)}.")
-    geom = exam["geometry"]
-    if tuple(geom.sinogram_shape) != tuple(simulator.geometry.sinogram_shape) or tuple(geom.image_shape) != tuple(simulator.image_shape):
+    geometry = exam["geometry"]
+    if tuple(geometry.sinogram_shape) != tuple(simulator.geometry.sinogram_shape) or tuple(geometry.image_shape) != tuple(simulator.image_shape):
         raise ValueError(
-            f"{source}: the exam has image shape {tuple(geom.image_shape)} and sinogram shape {tuple(geom.sinogram_shape)}, "
+            f"{source}: the exam has image shape {tuple(geometry.image_shape)} and sinogram shape {tuple(geometry.sinogram_shape)}, "
             f"the bundle is set up for {tuple(simulator.image_shape)} and {tuple(simulator.geometry.sinogram_shape)} "
             f"(image_shape, view_mashing in the config)."
         )
@@ -94,7 +94,7 @@ def _case(name: str, exam: dict, dose: float, simulator: DynamicPETSimulator, so
         "frame_starts": torch.as_tensor(exam["starts"], dtype=torch.float64),
         "sensitivity": torch.tensor(float(exam["sensitivity"]), dtype=torch.float64),
         "dose": torch.tensor(dose, dtype=torch.float64),
-        "spacing": torch.as_tensor(geom.pixel_size, dtype=torch.float64),
+        "spacing": torch.as_tensor(geometry.pixel_size, dtype=torch.float64),
     }
     if exam.get("reference") is not None:
         case["reference"] = exam["reference"].float()
