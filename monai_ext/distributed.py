@@ -2,7 +2,7 @@
 
 The SupervisedTrainer bundles get data parallelism from their configs (``DistributedDataParallel`` and
 ``DistributedSampler``). The conditioned neural-field backbone (``monai_ext.fields``) and the DEQ hyperparameters
-(``monai_ext.pet.hyperparameter_learning``) train in loops of their own; these helpers make such a loop data
+(``monai_ext.dynamic_pet.hyperparameter_learning``) train in loops of their own; these helpers make such a loop data
 parallel in the same way: each rank works on a disjoint share of the items (``items[rank::world_size]``, the
 interleaving of ``DistributedSampler`` without shuffling), the gradients of the shared parameters are averaged across
 ranks after every backward pass, so that every rank takes the same optimiser step and the parameters stay identical,

@@ -32,7 +32,7 @@ def run_case(shape, steps: int, pretrain: int, device: str, paper: bool) -> dict
     """One case, in this process: returns seconds per joint step, extrapolations and the peak memory."""
     import torch
 
-    from monai_ext.pet.blind_deconvolution import BlindDeconvolutionConfig, interpolate_2x, neural_blind_deconvolution
+    from monai_ext.deconvolution.blind_deconvolution import BlindDeconvolutionConfig, interpolate_2x, neural_blind_deconvolution
     from monai_ext.phantoms.spheres import sphere_phantom
 
     extent = min(shape[1:]) * 2.73
@@ -48,7 +48,7 @@ def run_case(shape, steps: int, pretrain: int, device: str, paper: bool) -> dict
     )
     stamps: list[float] = []
     cpu_stamps: list[float] = []
-    import monai_ext.pet.blind_deconvolution as nbd
+    import monai_ext.deconvolution.blind_deconvolution as nbd
 
     original_step = torch.optim.Adam.step
 

@@ -3,7 +3,7 @@
 Blind deconvolution by joint estimation of image and kernel is drawn to the no-blur solution (Levin et al. 2009); the
 remedy Levin et al. (2011) propose is to estimate the kernel with the image integrated out. This script scores
 kernels by that marginal likelihood under a stationary power-law Gaussian image model
-(``monai_ext.pet.blur_likelihood.WhittleBlurLikelihood``: exact 2x aliasing, the image model's amplitude, exponent and
+(``monai_ext.deconvolution.blur_likelihood.WhittleBlurLikelihood``: exact 2x aliasing, the image model's amplitude, exponent and
 noise fitted per kernel) in three settings:
 
 1. control: a power-law Gaussian field (the model holds), blurred by a 4-voxel Gaussian: is 4 the most likely width?
@@ -54,8 +54,8 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from monai_ext.io import save_json
-    from monai_ext.pet.blind_deconvolution import blur_and_downsample
-    from monai_ext.pet.blur_likelihood import WhittleBlurLikelihood
+    from monai_ext.deconvolution.blind_deconvolution import blur_and_downsample
+    from monai_ext.deconvolution.blur_likelihood import WhittleBlurLikelihood
     from monai_ext.phantoms import blurred_power_law_scan, gaussian_kernel
     from monai_ext.workflows.psma_deconvolution_evaluation import PSEUDOKERNELS, skewed_kernel
 

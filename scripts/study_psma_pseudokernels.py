@@ -48,7 +48,7 @@ def bundle_settings(threads: int):
 def deblurred_phantom(example, config, cache: Path) -> np.ndarray:
     """``x0``: the deblurred phantom, loaded from ``cache`` or fitted and written there."""
     from monai_ext.io import load_nifti, save_nifti
-    from monai_ext.pet.blind_deconvolution import neural_blind_deconvolution
+    from monai_ext.deconvolution.blind_deconvolution import neural_blind_deconvolution
 
     if cache.is_file():
         return load_nifti(cache)[0]
@@ -62,7 +62,7 @@ def kernel_only_fit(image_2x: np.ndarray, measured: np.ndarray, spacing, config)
     import torch
 
     from monai_ext.networks.blind_deconvolution import KernelGenerator
-    from monai_ext.pet.blind_deconvolution import DeconvolutionLoss, blur_and_downsample, fit_kernel_to_image, kernel_model
+    from monai_ext.deconvolution.blind_deconvolution import DeconvolutionLoss, blur_and_downsample, fit_kernel_to_image, kernel_model
 
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -84,7 +84,7 @@ def kernel_only_fit(image_2x: np.ndarray, measured: np.ndarray, spacing, config)
 
 def run_variant(name: str, overrides: dict, mode: str, only, threads: int, cache: Path, kernels_dir: Path | None = None) -> dict:
     from monai_ext.metrics.deconvolution import kernel_shape, kernel_similarity_matrix
-    from monai_ext.pet.blind_deconvolution import blur_and_downsample
+    from monai_ext.deconvolution.blind_deconvolution import blur_and_downsample
     from monai_ext.workflows.psma_deconvolution_evaluation import PSEUDOKERNELS, pseudokernel_test, skewed_kernel
 
     import torch

@@ -1,4 +1,4 @@
-"""Maximum-likelihood blur identification (``monai_ext.pet.blur_likelihood``) on a synthetic Gaussian image."""
+"""Maximum-likelihood blur identification (``monai_ext.deconvolution.blur_likelihood``) on a synthetic Gaussian image."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from monai_ext.pet.blur_likelihood import WhittleBlurLikelihood
+from monai_ext.deconvolution.blur_likelihood import WhittleBlurLikelihood
 from monai_ext.phantoms import blurred_power_law_scan, gaussian_kernel
 
 SPACING_2X = (1.4, 1.4, 1.4)

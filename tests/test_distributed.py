@@ -142,8 +142,8 @@ def _deq_problem():
     """A tiny problem whose solves run a fixed number of iterations (unreachable tolerances), so that a realisation's
     fixed point and implicit gradient do not depend on which other realisations share its batch."""
     from monai_ext.pet import BIOGRAPH_6_TRUEPOINT_TRUEV, DynamicPETSimulator
-    from monai_ext.pet.hyperparameter_learning import FixedPointProblem, RegularisationWeights
-    from monai_ext.pet.noise_realisations import simulate_realisations
+    from monai_ext.dynamic_pet.hyperparameter_learning import FixedPointProblem, RegularisationWeights
+    from monai_ext.dynamic_pet.noise_realisations import simulate_realisations
 
     data = simulate_realisations(DynamicPETSimulator(BIOGRAPH_6_TRUEPOINT_TRUEV, image_shape=(16, 16), view_mashing=8), 300e6, 4,
                                  subject_seed=2, noise_seed=10)
@@ -154,7 +154,7 @@ def _deq_problem():
 def _deq_gradient_and_learning(problem, weights) -> dict:
     """The gradient of the loss of ``DEQ_BATCH`` (this rank's share, averaged across ranks) and a short learning run."""
     from monai_ext.distributed import average_gradients, shard
-    from monai_ext.pet.hyperparameter_learning import learn_hyperparameters_deq
+    from monai_ext.dynamic_pet.hyperparameter_learning import learn_hyperparameters_deq
 
     share = shard(DEQ_BATCH)
     loss = problem.loss(problem.reconstruct(share, weights.eta, weights.lambdas, warm_start=False))

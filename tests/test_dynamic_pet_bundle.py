@@ -14,16 +14,16 @@ import pytest
 import torch
 
 from monai_ext.pet import BIOGRAPH_6_TRUEPOINT_TRUEV, DynamicPETSimulator, save_exam
-from monai_ext.pet.dose_adaptive_reconstruction import DoseAdaptiveReconstruction
-from monai_ext.pet.dose_model import DoseModel, fit_dose_model
-from monai_ext.pet.hyperparameter_learning import (
+from monai_ext.dynamic_pet.dose_adaptive_reconstruction import DoseAdaptiveReconstruction
+from monai_ext.dynamic_pet.dose_model import DoseModel, fit_dose_model
+from monai_ext.dynamic_pet.hyperparameter_learning import (
     FixedPointProblem,
     RegularisationWeights,
     grid_search,
     learn_hyperparameters_deq,
     tpe_search,
 )
-from monai_ext.pet.noise_realisations import simulate_realisations
+from monai_ext.dynamic_pet.noise_realisations import simulate_realisations
 from monai_ext.workflows.dynamic_pet_inference import DynamicPETPrepareBatch, SaveDynamicSeriesd, dynamic_pet_cases
 
 torch.set_num_threads(1)  # small tensors: one thread avoids OpenMP contention on the shared 2-core machine

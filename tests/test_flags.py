@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from monai_ext.flags import as_flag
-from monai_ext.pet.blind_deconvolution import BlindDeconvolutionConfig
+from monai_ext.deconvolution.blind_deconvolution import BlindDeconvolutionConfig
 from monai_ext.workflows import config_content
 
 

@@ -278,7 +278,7 @@ def test_ct_reconstruction_over_http(server, studies, tmp_path):
 def test_psma_deblurring_over_http(server, studies, tmp_path):
     if not PSMA_BUNDLE.is_dir():
         pytest.skip(f"bundle {PSMA_BUNDLE.name} does not exist yet (bundles/{PSMA_BUNDLE.name} is missing)")
-    from monai_ext.pet.blind_deconvolution import supersampled_affine
+    from monai_ext.deconvolution.blind_deconvolution import supersampled_affine
 
     pet = studies["pet"]
     # a top-level option of the bundle's inference.json, overridden over HTTP: 40 % of the quick scale's steps

@@ -25,7 +25,7 @@ from monai_ext.operators import (
     normalise_operator,
 )
 from monai_ext.pet import DEMO_SCANNER, GaussianPSF, PETSystemModel, mlem, osem
-from monai_ext.pet.blind_deconvolution import BlurDownsample
+from monai_ext.deconvolution.blind_deconvolution import BlurDownsample
 from monai_ext.tomo import (
     ConeBeamGeometry,
     FanBeamGeometry,

@@ -14,7 +14,7 @@ from monai_ext.io import load_nifti
 from monai_ext.io.pet_dicom import read_pet_series
 from monai_ext.metrics.deconvolution import kernel_similarity, recovery_coefficients
 from monai_ext.networks.blind_deconvolution import ImageGenerator, KernelGenerator
-from monai_ext.pet.blind_deconvolution import (
+from monai_ext.deconvolution.blind_deconvolution import (
     BlindDeconvolutionConfig,
     BlurDownsample,
     blur_and_downsample,
@@ -342,7 +342,7 @@ def test_similarity_matrix_identifies_kernels_by_their_diagonal():
 def test_normalised_sparsity_grows_with_blur():
     from scipy.ndimage import gaussian_filter
 
-    from monai_ext.pet.blind_deconvolution import DeconvolutionLoss
+    from monai_ext.deconvolution.blind_deconvolution import DeconvolutionLoss
 
     phantom = sphere_phantom(shape=(8, 28, 28), ring_radius=22.0, cylinder_radius=34.0, diameters=(10.0, 8.0))
     sharp = torch.as_tensor(phantom.reference_2x)[None, None]
@@ -356,7 +356,7 @@ def test_normalised_sparsity_grows_with_blur():
 
 
 def test_scale_steps():
-    from monai_ext.pet.blind_deconvolution import scale_steps
+    from monai_ext.deconvolution.blind_deconvolution import scale_steps
 
     assert scale_steps([20, 20, 100], 0.5) == (10, 10, 50)
     assert scale_steps([20, 20, 100], 0.01) == (1, 1, 1)
@@ -394,7 +394,7 @@ def test_paper_schedule_and_scale_layer_on_the_quick_configs(entry):
 def test_kernel_estimation_with_the_image_known_identifies_anisotropic_kernels():
     """Gk + floor + the loss, fitted with x fixed (the warm-up / non-blind part): each kernel is closest to its own."""
     from monai_ext.metrics.deconvolution import kernel_similarity_matrix
-    from monai_ext.pet.blind_deconvolution import DeconvolutionLoss, fit_kernel_to_image, kernel_model
+    from monai_ext.deconvolution.blind_deconvolution import DeconvolutionLoss, fit_kernel_to_image, kernel_model
 
     phantom = sphere_phantom(shape=(8, 24, 24), ring_radius=18.0, cylinder_radius=30.0, diameters=(10.0, 8.0, 6.0))
     config = BlindDeconvolutionConfig(kernel_sizes=(9,), iterations=(80,), lr_kernel=1e-3, kernel_hidden=200, min_fwhm_mm=(2.0, 2.0, 2.0))

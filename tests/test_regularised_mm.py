@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from monai_ext.pet import BIOGRAPH_6_TRUEPOINT_TRUEV, DynamicPETSimulator, mlem
-from monai_ext.pet.noise_realisations import system_model_of
-from monai_ext.pet.regularised_mm import (
+from monai_ext.dynamic_pet.noise_realisations import system_model_of
+from monai_ext.dynamic_pet.regularised_mm import (
     RegularisedMMMap,
     dynamic_pet_objective,
     kkt_residuals,

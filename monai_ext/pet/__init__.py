@@ -1,5 +1,8 @@
 """PET physics: scanner geometry, system model, Poisson likelihood, MLEM/OSEM, tracer kinetics and a dynamic PET simulator.
 
+The methods built on it have their own packages: the DEQ hyperparameter learning of dynamic PET in
+:mod:`monai_ext.dynamic_pet`, the neural blind deconvolution of PSMA PET in :mod:`monai_ext.deconvolution`.
+
 - ``scanner``: ``PETScanner`` (frozen dataclass) with the ``BIOGRAPH_6_TRUEPOINT_TRUEV`` and ``DEMO_SCANNER`` presets,
   and the 2D sinogram geometry (a ``monai_ext.tomo.ParallelBeamGeometry``) for an image grid.
 - ``system_model``: ``PETSystemModel`` ``A x = s a n P G x`` with an explicit background, and ``GaussianPSF``.
@@ -9,24 +12,9 @@
 - ``phantom``: a seeded 2D brain phantom of about 100 regions with its attenuation map.
 - ``simulator``: ``DynamicPETSimulator`` producing ``DynamicPETExam``s at a chosen total number of counts.
 - ``exam_io``: writing exams as NIfTI + NPZ + JSON (atomically, with ``monai_ext.io``) and reading them back.
-- ``regularised_mm``: the regularised dynamic objective (Poisson + temporal + smoothed TV) and its monotone MM map.
-- ``noise_realisations``: Poisson realisations of one slice at one dose, the data of hyperparameter learning.
-- ``hyperparameter_learning``: DEQ learning of the regularisation weights; grid search and TPE baselines.
-- ``dose_model``: parametric fits of the weights against the dose and the dose model file.
-- ``dose_adaptive_reconstruction``: reconstruction with the weights of a dose model.
 """
 
-from .dose_adaptive_reconstruction import DoseAdaptiveReconstruction
-from .dose_model import DOSE_MODELS, DoseFit, DoseModel, fit_dose_model, fit_dose_models
 from .exam_io import load_exam, save_exam
-from .hyperparameter_learning import (
-    FixedPointProblem,
-    RegularisationWeights,
-    SearchResult,
-    grid_search,
-    learn_hyperparameters_deq,
-    tpe_search,
-)
 from .kinetics import (
     C11_HALF_LIFE_MIN,
     PE2I_LIKE_INPUT,
@@ -42,17 +30,7 @@ from .kinetics import (
 )
 from .likelihood import poisson_nll, poisson_nll_gradient, poisson_nll_image_gradient
 from .phantom import MU_BONE, MU_WATER, TISSUE_CLASSES, BrainPhantom, brain_phantom
-from .noise_realisations import NoiseRealisations, simulate_realisations
 from .recon import ReconInfo, mlem, osem
-from .regularised_mm import (
-    RegularisedMMMap,
-    dynamic_pet_objective,
-    kkt_residuals,
-    mm_reconstruct,
-    regularised_mm_step,
-    smoothed_total_variation,
-    temporal_difference_penalty,
-)
 from .scanner import BIOGRAPH_6_TRUEPOINT_TRUEV, DEMO_SCANNER, PETScanner
 from .simulator import (
     PE2I_LIKE_KINETICS,
@@ -100,25 +78,40 @@ __all__ = [
     "region_parameters",
     "save_exam",
     "load_exam",
-    "dynamic_pet_objective",
-    "temporal_difference_penalty",
-    "smoothed_total_variation",
-    "regularised_mm_step",
-    "RegularisedMMMap",
-    "kkt_residuals",
-    "mm_reconstruct",
-    "NoiseRealisations",
-    "simulate_realisations",
-    "RegularisationWeights",
-    "FixedPointProblem",
-    "SearchResult",
-    "learn_hyperparameters_deq",
-    "grid_search",
-    "tpe_search",
+]
+
+# Moved to monai_ext.dynamic_pet (kept importable from here, with a DeprecationWarning, for one release).
+_MOVED = {name: "monai_ext.dynamic_pet" for name in (
+    "DoseAdaptiveReconstruction",
     "DOSE_MODELS",
     "DoseFit",
     "DoseModel",
     "fit_dose_model",
     "fit_dose_models",
-    "DoseAdaptiveReconstruction",
-]
+    "FixedPointProblem",
+    "RegularisationWeights",
+    "SearchResult",
+    "grid_search",
+    "learn_hyperparameters_deq",
+    "tpe_search",
+    "NoiseRealisations",
+    "simulate_realisations",
+    "RegularisedMMMap",
+    "dynamic_pet_objective",
+    "kkt_residuals",
+    "mm_reconstruct",
+    "regularised_mm_step",
+    "smoothed_total_variation",
+    "temporal_difference_penalty",
+
+)}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
+        import warnings
+
+        warnings.warn(f"monai_ext.pet.{name} moved to {_MOVED[name]}.{name}; the old name goes in the next release.", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'monai_ext.pet' has no attribute {name!r}")

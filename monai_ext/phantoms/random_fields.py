@@ -1,5 +1,5 @@
 """Stationary Gaussian random volumes with a power-law spectrum: the image model of maximum-likelihood blur
-identification (``monai_ext.pet.blur_likelihood``), for checking it where the model holds."""
+identification (``monai_ext.deconvolution.blur_likelihood``), for checking it where the model holds."""
 
 from __future__ import annotations
 

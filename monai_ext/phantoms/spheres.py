@@ -4,7 +4,7 @@ The Q3P phantom of Sample et al. (2024) holds coplanar spheres of 16, 14, 10, 8,
 top) in a warm background. Here the activity is built on a grid 4x finer than the PET voxels (for partial volume),
 blurred there with a Gaussian PSF, averaged into PET voxels (about 2.73 x 2.73 x 2.8 mm) and given Poisson noise.
 The reference for a 2x supersampled result is the same activity averaged into voxels half the PET size, on the grid
-of :func:`monai_ext.pet.blind_deconvolution.supersampled_affine` (a 2x voxel ``j`` is centred at PET index
+of :func:`monai_ext.deconvolution.blind_deconvolution.supersampled_affine` (a 2x voxel ``j`` is centred at PET index
 ``j / 2 - 1 / 4``). Array order is ``(z, y, x)`` throughout, spacings in mm.
 
 Reference:

@@ -1,6 +1,6 @@
 """Experiment runners of the ``dynamic_pet_deq_reconstruction`` bundle: learning, comparison and dose sweep.
 
-Each runner simulates its data with :func:`monai_ext.pet.noise_realisations.simulate_realisations`, works on any
+Each runner simulates its data with :func:`monai_ext.dynamic_pet.noise_realisations.simulate_realisations`, works on any
 device, writes its results (JSON, PNG) atomically into ``output_dir`` and returns them as a dict:
 
 - :func:`learn_case`: DEQ learning of ``eta`` and ``lambda_1..T`` for one phantom, slice and dose (``train.json``).
@@ -25,8 +25,8 @@ import torch
 from monai_ext.distributed import barrier, is_main_process, rank_and_world_size, shard, weighted_mean
 from monai_ext.io import atomic_path, save_figure, save_json
 from monai_ext.pet import DynamicPETSimulator
-from monai_ext.pet.dose_model import DoseModel
-from monai_ext.pet.hyperparameter_learning import (
+from monai_ext.dynamic_pet.dose_model import DoseModel
+from monai_ext.dynamic_pet.hyperparameter_learning import (
     FixedPointProblem,
     RegularisationWeights,
     SearchResult,
@@ -34,8 +34,8 @@ from monai_ext.pet.hyperparameter_learning import (
     learn_hyperparameters_deq,
     tpe_search,
 )
-from monai_ext.pet.noise_realisations import DEFAULT_SLICE_FRACTION, NoiseRealisations, simulate_realisations
-from monai_ext.pet.regularised_mm import mm_reconstruct
+from monai_ext.dynamic_pet.noise_realisations import DEFAULT_SLICE_FRACTION, NoiseRealisations, simulate_realisations
+from monai_ext.dynamic_pet.regularised_mm import mm_reconstruct
 
 __all__ = [
     "SolverSettings",
@@ -70,7 +70,7 @@ class SolverSettings:
         tol: forward relative-residual tolerance.
         max_iter: forward budget (500 in the paper).
         anderson_memory: Anderson's ``m``.
-        anderson_beta: Anderson's mixing ``beta`` (0.5: see ``monai_ext.pet.regularised_mm.ANDERSON_OPTIONS``).
+        anderson_beta: Anderson's mixing ``beta`` (0.5: see ``monai_ext.dynamic_pet.regularised_mm.ANDERSON_OPTIONS``).
         backward_tol: implicit-gradient solve tolerance.
         backward_max_iter: implicit-gradient solve budget.
         dtype: ``"float32"`` or ``"float64"``.
@@ -222,7 +222,7 @@ def learn_case(
     validation MSEs, the MSE of the initial weights, the frame SNRs, the time and the per-step history.
 
     Under ``torch.distributed`` the learning is data parallel over the realisations of each mini-batch (see
-    :func:`~monai_ext.pet.hyperparameter_learning.learn_hyperparameters_deq`) and the validation over the validation
+    :func:`~monai_ext.dynamic_pet.hyperparameter_learning.learn_hyperparameters_deq`) and the validation over the validation
     realisations; every rank returns the same weights and MSEs, rank 0 alone logs and writes the file (``seconds``
     is rank 0's compute time), and every rank returns once it is written.
 
@@ -581,7 +581,7 @@ def dose_sweep(
     """Learn the weights at each dose, fit the four parametric models against ``D``, keep the best per weight.
 
     Writes ``dose_sweep.json`` (learned weights per dose and every fit with its R^2) and ``eta_dose_fits.png`` /
-    ``lambda_dose_fits.png`` into ``output_dir``, and the :class:`~monai_ext.pet.dose_model.DoseModel` to
+    ``lambda_dose_fits.png`` into ``output_dir``, and the :class:`~monai_ext.dynamic_pet.dose_model.DoseModel` to
     ``dose_model_file``.
 
     Arguments as :func:`learn_case`, plus the ``doses`` and ``dose_model_file``.
@@ -613,7 +613,7 @@ def save_dose_fits(model: DoseModel, output_dir: str | Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from monai_ext.pet.dose_model import DoseFit
+    from monai_ext.dynamic_pet.dose_model import DoseFit
 
     doses = np.asarray(model.learned["doses"]) / model.dose_unit
     grid = np.linspace(doses.min(), doses.max(), 200)

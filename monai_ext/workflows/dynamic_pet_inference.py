@@ -23,7 +23,7 @@ from monai.transforms import MapTransform
 
 from monai_ext.io import save_figure, save_json, save_nifti
 from monai_ext.pet import DynamicPETSimulator, load_exam
-from monai_ext.pet.noise_realisations import DEFAULT_SLICE_FRACTION
+from monai_ext.dynamic_pet.noise_realisations import DEFAULT_SLICE_FRACTION
 
 __all__ = ["dynamic_pet_cases", "DynamicPETPrepareBatch", "SaveDynamicSeriesd", "save_frame_montage"]
 
@@ -210,7 +210,7 @@ class SaveDynamicSeriesd(MapTransform):
     Args:
         keys: the reconstruction key (``"pred"``).
         output_dir: destination folder.
-        dose_model: the :class:`~monai_ext.pet.dose_model.DoseModel` used (its weights for the case's dose go in the
+        dose_model: the :class:`~monai_ext.dynamic_pet.dose_model.DoseModel` used (its weights for the case's dose go in the
             sidecar); optional.
         name_key: key of the case name.
         suffix: file name suffix.

@@ -19,7 +19,7 @@ from monai_ext.flags import as_flag
 from monai_ext.io import load_nifti, save_json, save_nifti, save_png
 from monai_ext.metrics import psnr, ssim
 from monai_ext.metrics.deconvolution import recovery_coefficients
-from monai_ext.pet.blind_deconvolution import (
+from monai_ext.deconvolution.blind_deconvolution import (
     BlindDeconvolutionConfig,
     convolve_same,
     crop_affine,

@@ -1,7 +1,7 @@
 """Validation of neural blind deconvolution on the simulated sphere phantom (``configs/evaluate.json`` of the bundle).
 
 1. Recovery coefficients per sphere: the deblurred 2x image against nearest, linear, quadratic and cubic upsampling
-   of the measured image (``monai_ext.pet.blind_deconvolution.interpolate_2x``).
+   of the measured image (``monai_ext.deconvolution.blind_deconvolution.interpolate_2x``).
 2. Pseudokernel test (Sample et al. 2024): skewed anisotropic kernels ``k*`` are applied to the deblurred image
    (``y* = D(k* * x)``), the deconvolution is rerun on ``y*``, and the recovered kernel is compared with ``k*`` by
    the dot product of the normalised kernels.
@@ -25,7 +25,7 @@ from monai_ext.io import save_json, save_nifti, save_png
 from monai_ext.metrics import psnr
 from monai_ext.metrics.brisque import brisque_score, load_brisque_model
 from monai_ext.metrics.deconvolution import kernel_shape, kernel_similarity_matrix, recovery_coefficients
-from monai_ext.pet.blind_deconvolution import BlindDeconvolutionConfig, blur_and_downsample, interpolate_2x, neural_blind_deconvolution
+from monai_ext.deconvolution.blind_deconvolution import BlindDeconvolutionConfig, blur_and_downsample, interpolate_2x, neural_blind_deconvolution
 from monai_ext.phantoms.spheres import gaussian_kernel
 from monai_ext.workflows.psma_deconvolution import INTERPOLATIONS, kernel_fwhm
 

@@ -8,7 +8,7 @@ The bilevel problem of Chazottes et al. (MIC 2024, eq. 2): for one subject, slic
     \\lVert \\hat x(y_r; \\eta, \\lambda) - x \\rVert^2,
 
 where :math:`\\hat x(y; \\eta, \\lambda)` is the minimiser of the regularised objective of
-:mod:`monai_ext.pet.regularised_mm` (``eps`` fixed) for counts :math:`y_r`, :math:`x` the noise-free phantom and
+:mod:`monai_ext.dynamic_pet.regularised_mm` (``eps`` fixed) for counts :math:`y_r`, :math:`x` the noise-free phantom and
 ``S`` a set of noise realisations. Three solvers of it:
 
 - :func:`learn_hyperparameters_deq`: the Deep Equilibrium approach. :math:`\\hat x` is the fixed point of the MM map,

@@ -1,8 +1,8 @@
 """Regularised dynamic PET reconstruction whose hyperparameters come from a dose model.
 
 For an exam of dose ``D`` (counts), :class:`DoseAdaptiveReconstruction` reads ``eta(D)`` and ``lambda_t(D)`` from a
-:class:`~monai_ext.pet.dose_model.DoseModel` and solves the regularised problem of
-:mod:`monai_ext.pet.regularised_mm` with Anderson-accelerated MM, all frames of all exams of a batch at once.
+:class:`~monai_ext.dynamic_pet.dose_model.DoseModel` and solves the regularised problem of
+:mod:`monai_ext.dynamic_pet.regularised_mm` with Anderson-accelerated MM, all frames of all exams of a batch at once.
 The system model of each exam (attenuation, normalisation, frame scale, background) is passed with its counts, so
 one module serves every exam of the same scanner geometry.
 """
@@ -18,7 +18,7 @@ from ..tomo import ParallelBeamGeometry
 from ..tomo.sparse_projector import SparseMatrixProjector
 from .dose_model import DoseModel
 from .regularised_mm import mm_reconstruct
-from .system_model import PETSystemModel
+from ..pet.system_model import PETSystemModel
 
 __all__ = ["DoseAdaptiveReconstruction"]
 

@@ -71,7 +71,7 @@ import dataclasses
 import torch
 
 from ..deq import SolverInfo, fixed_point_solve
-from .likelihood import DEFAULT_EPS, poisson_nll
+from ..pet.likelihood import DEFAULT_EPS, poisson_nll
 
 __all__ = [
     "spatial_differences",

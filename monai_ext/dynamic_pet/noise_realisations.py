@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..tomo.sparse_projector import SparseMatrixProjector
-from .simulator import DynamicPETExam, DynamicPETSimulator
-from .system_model import PETSystemModel
+from ..pet.simulator import DynamicPETExam, DynamicPETSimulator
+from ..pet.system_model import PETSystemModel
 
 __all__ = ["DEFAULT_SLICE_FRACTION", "NoiseRealisations", "simulate_realisations", "system_model_of"]
 
