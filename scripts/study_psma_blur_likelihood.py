@@ -57,7 +57,8 @@ def main() -> None:
     from monai_ext.deconvolution.blind_deconvolution import blur_and_downsample
     from monai_ext.deconvolution.blur_likelihood import WhittleBlurLikelihood
     from monai_ext.phantoms import blurred_power_law_scan, gaussian_kernel
-    from monai_ext.workflows.psma_deconvolution_evaluation import PSEUDOKERNELS, skewed_kernel
+    evaluation = _pseudokernel_study()._bundle_evaluation()
+    PSEUDOKERNELS, skewed_kernel = evaluation.PSEUDOKERNELS, evaluation.skewed_kernel
 
     start = time.perf_counter()
     study = _pseudokernel_study()

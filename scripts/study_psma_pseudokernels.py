@@ -7,7 +7,7 @@ three (identified = own highest), and the FWHMs (per axis and principal) and ske
 kernels; everything goes to a JSON file.
 
 Modes:
-    joint: the full method (``monai_ext.workflows.psma_deconvolution_evaluation.pseudokernel_test``).
+    joint: the full method (``the bundle's scripts.evaluation.pseudokernel_test``).
     kernel-only: the image frozen at ``x0`` (the true image of ``y*``) and only ``Gk`` fitted (non-blind kernel
         estimation, same kernel network, floor, learning rate, centring penalty and coarse-to-fine stages): it shows
         whether the kernel parametrisation can reach ``k*`` at all within the step budget, apart from the image.
@@ -30,6 +30,13 @@ from pathlib import Path
 import numpy as np
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "psma_pet_neural_blind_deconvolution"
+
+
+def _bundle_evaluation():
+    """The PSMA bundle's ``scripts.evaluation`` (pseudokernels and their test)."""
+    from monai_ext.workflows import bundle_module
+
+    return bundle_module(Path(__file__).resolve().parents[1] / "bundles" / "psma_pet_neural_blind_deconvolution", "evaluation")
 
 
 def bundle_settings(threads: int):
@@ -85,7 +92,8 @@ def kernel_only_fit(image_2x: np.ndarray, measured: np.ndarray, spacing, config)
 def run_variant(name: str, overrides: dict, mode: str, only, threads: int, cache: Path, kernels_dir: Path | None = None) -> dict:
     from monai_ext.metrics.deconvolution import kernel_shape, kernel_similarity_matrix
     from monai_ext.deconvolution.blind_deconvolution import blur_and_downsample
-    from monai_ext.workflows.psma_deconvolution_evaluation import PSEUDOKERNELS, pseudokernel_test, skewed_kernel
+    evaluation = _bundle_evaluation()
+    PSEUDOKERNELS, pseudokernel_test, skewed_kernel = evaluation.PSEUDOKERNELS, evaluation.pseudokernel_test, evaluation.skewed_kernel
 
     import torch
 

@@ -25,9 +25,12 @@ from monai_ext.deconvolution.blind_deconvolution import (
 )
 from monai_ext.pet.suv import hume_lean_body_mass, suv_factors
 from monai_ext.phantoms.spheres import gaussian_kernel, sphere_phantom
-from monai_ext.workflows.psma_deconvolution import deblur_cases, pet_cases
+from bundle_config import bundle_scripts
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "psma_pet_neural_blind_deconvolution"
+deconvolution = bundle_scripts(BUNDLE, "deconvolution")
+evaluation = bundle_scripts(BUNDLE, "evaluation")
+deblur_cases, pet_cases = deconvolution.deblur_cases, deconvolution.pet_cases
 
 
 # ---------------------------------------------------------------- forward model and geometry
@@ -239,7 +242,7 @@ def test_small_fit_improves_recovery_over_cubic_interpolation():
 
 
 def test_crop_box_moves_the_affine_and_rejects_bad_boxes():
-    from monai_ext.workflows.psma_deconvolution import crop_volume
+    crop_volume = deconvolution.crop_volume
 
     affine = np.diag([2.73, 2.73, 2.8, 1.0])
     case = {"name": "c", "volume": np.arange(10 * 12 * 14, dtype=np.float32).reshape(10, 12, 14), "affine": affine, "spacing": (2.8, 2.73, 2.73)}
@@ -311,7 +314,7 @@ def test_dicom_output_of_the_workflow_has_the_suv_of_the_nifti(tmp_path):
 # ---------------------------------------------------------------- kernel identification tools
 def test_kernel_shape_moments_of_a_skewed_anisotropic_kernel():
     from monai_ext.metrics.deconvolution import kernel_shape
-    from monai_ext.workflows.psma_deconvolution_evaluation import skewed_kernel
+    skewed_kernel = evaluation.skewed_kernel
 
     spacing = (1.4, 1.365, 1.365)
     gauss = kernel_shape(gaussian_kernel((4.0, 2.0, 3.0), 21), (1.0, 1.0, 1.0))
@@ -417,7 +420,7 @@ def test_kernel_estimation_with_the_image_known_identifies_anisotropic_kernels()
 
 
 def test_evaluation_without_pseudokernels_scores_the_fit_only(tmp_path):
-    from monai_ext.workflows.psma_deconvolution_evaluation import evaluate_psma_deconvolution
+    evaluate_psma_deconvolution = evaluation.evaluate_psma_deconvolution
 
     phantom = sphere_phantom(shape=(6, 16, 16), ring_radius=12.0, cylinder_radius=18.0, diameters=(8.0, 6.0))
     config = BlindDeconvolutionConfig(kernel_sizes=(5,), iterations=(2,), pretrain_steps=1, channels=(4,), kernel_hidden=50, progress=False)
@@ -431,7 +434,7 @@ def test_evaluation_without_pseudokernels_scores_the_fit_only(tmp_path):
 
 
 def test_pseudokernel_test_scores_each_recovered_kernel_against_every_applied_one(tmp_path):
-    from monai_ext.workflows.psma_deconvolution_evaluation import PSEUDOKERNELS, pseudokernel_test
+    PSEUDOKERNELS, pseudokernel_test = evaluation.PSEUDOKERNELS, evaluation.pseudokernel_test
 
     phantom = sphere_phantom(shape=(6, 16, 16), ring_radius=12.0, cylinder_radius=18.0, diameters=(8.0, 6.0))
     config = BlindDeconvolutionConfig(kernel_sizes=(5,), iterations=(2,), pretrain_steps=1, channels=(4,), kernel_hidden=50, progress=False)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from monai_ext.workflows import use_bundle_scripts
+
 logger = logging.getLogger(__name__)
 
 # config ids the app sets itself: a client must not point a bundle at other folders or replace its root
@@ -148,7 +150,8 @@ def run_inference(bundle: BundleInfo, input_dir: Path, output_dir: Path, overrid
     ``summary.json``.
 
     The bundle's ``logging.conf`` is not applied (it would reconfigure the server's logging); ``sys.path`` is
-    restored afterwards (``ConfigWorkflow.run`` prepends the bundle root).
+    restored afterwards (``ConfigWorkflow.run`` prepends the bundle root), and ``import scripts`` finds this bundle's
+    ``scripts`` package (``monai_ext.workflows.use_bundle_scripts``).
 
     Args:
         bundle: the bundle to run.
@@ -173,6 +176,7 @@ def run_inference(bundle: BundleInfo, input_dir: Path, output_dir: Path, overrid
     saved_path = list(sys.path)
     with _RUN_LOCK:
         try:
+            use_bundle_scripts(bundle.root)  # this bundle's scripts package, not the one of the bundle served before
             workflow = ConfigWorkflow(config_file=str(bundle.inference_config), logging_file=False, **settings)
             workflow.initialize()
             workflow.run()

@@ -27,7 +27,7 @@ from monai_ext.metrics.brisque import brisque_score, load_brisque_model
 from monai_ext.metrics.deconvolution import kernel_shape, kernel_similarity_matrix, recovery_coefficients
 from monai_ext.deconvolution.blind_deconvolution import BlindDeconvolutionConfig, blur_and_downsample, interpolate_2x, neural_blind_deconvolution
 from monai_ext.phantoms.spheres import gaussian_kernel
-from monai_ext.workflows.psma_deconvolution import INTERPOLATIONS, kernel_fwhm
+from .deconvolution import INTERPOLATIONS, kernel_fwhm
 
 __all__ = ["PSEUDOKERNELS", "skewed_kernel", "pseudokernel_test", "evaluate_psma_deconvolution"]
 
@@ -41,6 +41,11 @@ PSEUDOKERNELS = (
     {"fwhm_mm": (5.5, 5.0, 8.0), "skew": (3.0, 0.0, -2.0)},
     {"fwhm_mm": (7.0, 6.5, 5.0), "skew": (-3.0, 3.0, 3.0)},
 )
+
+
+def default_pseudokernels() -> tuple[dict, ...]:
+    """The four skewed pseudokernels of the test (``PSEUDOKERNELS``), for configs."""
+    return PSEUDOKERNELS
 
 
 def skewed_kernel(fwhm_mm, skew, spacing_mm, size: int) -> np.ndarray:
