@@ -60,17 +60,20 @@ def _neural_field_overrides(out: Path) -> dict:
 
 
 def _deq_overrides(out: Path) -> dict:
-    """``learn_case`` returns the learned weights on every rank; each rank saves them with the initial ones."""
+    """``learn_case`` (the bundle's ``scripts.hyperparameters``) returns the learned weights on every rank; each rank
+    saves them with the initial ones."""
     rank_file = RANK_FILE.format(out=out.as_posix())
-    learn = ("monai_ext.workflows.dynamic_pet_hyperparameters.learn_case(@simulator, @dose, @subject_seed, learning=@learning, "
-             "solver=@solver, device=@device, output_dir=@output_dir)")
     initial = "{'log_eta': torch.tensor(@learning#eta_init).log(), 'log_lambda': torch.tensor(@learning#lambda_init).log()}"
-    final = "{'log_eta': torch.tensor(r['eta']).log(), 'log_lambda': torch.tensor(r['lambdas']).log()}"
+    final = "{'log_eta': torch.tensor(@learned['eta']).log(), 'log_lambda': torch.tensor(@learned['lambdas']).log()}"
+    learned = {"_target_": "scripts.hyperparameters.learn_case", "simulator": "@simulator", "dose": "@dose",
+               "subject_seed": "@subject_seed", "learning": "@learning", "solver": "@solver", "device": "@device",
+               "output_dir": "@output_dir"}
     return {
         "output_dir": str(out / "outputs"),
+        "learned": learned,  # the learning of train.json's run, named so that its result can be saved
         "run": [
             f"$torch.save({initial}, {rank_file} + '_initial.pt')",
-            f"$(lambda r: torch.save({final}, {rank_file} + '_final.pt'))({learn})",
+            f"$torch.save({final}, {rank_file} + '_final.pt')",
         ],
     }
 

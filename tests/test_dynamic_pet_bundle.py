@@ -24,13 +24,15 @@ from monai_ext.dynamic_pet.hyperparameter_learning import (
     tpe_search,
 )
 from monai_ext.dynamic_pet.noise_realisations import simulate_realisations
-from monai_ext.workflows.dynamic_pet_inference import DynamicPETPrepareBatch, SaveDynamicSeriesd, dynamic_pet_cases
+from bundle_config import bundle_scripts
 
 torch.set_num_threads(1)  # small tensors: one thread avoids OpenMP contention on the shared 2-core machine
 numba.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "dynamic_pet_deq_reconstruction"
+_inference = bundle_scripts(BUNDLE, "inference")
+DynamicPETPrepareBatch, SaveDynamicSeriesd, dynamic_pet_cases = _inference.DynamicPETPrepareBatch, _inference.SaveDynamicSeriesd, _inference.dynamic_pet_cases
 DOSES = np.array([150, 250, 300, 400, 500, 750]) * 1e6
 
 
@@ -218,7 +220,7 @@ def test_searches_run_within_their_budget(data):
 
 @pytest.mark.slow
 def test_comparison_runs_end_to_end(simulator, tmp_path):
-    from monai_ext.workflows.dynamic_pet_hyperparameters import compare_cases
+    compare_cases = bundle_scripts(BUNDLE, "hyperparameters").compare_cases
 
     learning = {"n_realisations": 4, "n_train": 3, "epochs": 2, "batch_size": 3}
     out = compare_cases(simulator, [{"subject_seed": 1, "dose": 300e6}], learning=learning, solver={"tol": 1e-4},

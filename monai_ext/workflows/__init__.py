@@ -1,7 +1,6 @@
 """Glue between MONAI engines and reconstruction tasks, shared by the bundles' configs."""
 
 from .comparison import compare_methods, evaluate_methods, markdown_table, noise_robustness, plot_noise_robustness, reconstruct_all
-from .dynamic_pet_inference import DynamicPETPrepareBatch, SaveDynamicSeriesd, dynamic_pet_cases
 from .methods import check_choice, count_parameters, load_method_weights, select_method
 from .configs import bundle_module, config_content, use_bundle_scripts
 from .memory import measure_peak_memory, peak_resident_growth, release_freed_memory, resident_bytes
@@ -12,9 +11,6 @@ __all__ = [
     "KeyedPrepareBatch",
     "SaveReconstructiond",
     "ReconstructionSummary",
-    "dynamic_pet_cases",
-    "DynamicPETPrepareBatch",
-    "SaveDynamicSeriesd",
     "check_choice",
     "select_method",
     "load_method_weights",
