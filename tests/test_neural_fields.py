@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch.func import functional_call
@@ -168,7 +170,9 @@ def test_backbone_training_round_trip_and_reconstruction_module(small_case, tmp_
 
 def test_cbct_comparison_table(small_case, tmp_path):
     from monai_ext.data import CBCTScans
-    from monai_ext.fields.evaluation import compare_cbct_methods
+    from bundle_config import bundle_scripts
+
+    compare_cbct_methods = bundle_scripts(Path(__file__).resolve().parents[1] / "bundles" / "cbct_neural_field", "evaluation").compare_cbct_methods
     from monai_ext.tomo import FBP
 
     geometry, volume, projections = small_case

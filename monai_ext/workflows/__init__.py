@@ -1,11 +1,12 @@
-"""Glue between MONAI engines and reconstruction tasks, shared by the bundles' configs."""
+"""Generic glue between MONAI engines, bundle configs and reconstruction tasks, shared by the bundles.
 
-from .comparison import compare_methods, evaluate_methods, markdown_table, noise_robustness, plot_noise_robustness, reconstruct_all
+What serves one bundle only (its runners, comparisons, tables and figures) lives in that bundle's ``scripts/``."""
+
+from .evaluation import evaluate_methods, hardware_name, reconstruct_all, references_of, write_comparison
 from .methods import check_choice, count_parameters, load_method_weights, select_method
 from .configs import bundle_module, config_content, use_bundle_scripts
 from .memory import measure_peak_memory, peak_resident_growth, release_freed_memory, resident_bytes
 from .reconstruction import KeyedPrepareBatch, ReconstructionSummary, SaveReconstructiond, orthogonal_slices
-from .volume_comparison import compare_volume_methods, evaluate_volume_methods, volume_table
 
 __all__ = [
     "KeyedPrepareBatch",
@@ -17,10 +18,9 @@ __all__ = [
     "count_parameters",
     "reconstruct_all",
     "evaluate_methods",
-    "compare_methods",
-    "markdown_table",
-    "noise_robustness",
-    "plot_noise_robustness",
+    "references_of",
+    "write_comparison",
+    "hardware_name",
     "config_content",
     "use_bundle_scripts",
     "bundle_module",
@@ -29,7 +29,4 @@ __all__ = [
     "peak_resident_growth",
     "release_freed_memory",
     "resident_bytes",
-    "evaluate_volume_methods",
-    "compare_volume_methods",
-    "volume_table",
 ]

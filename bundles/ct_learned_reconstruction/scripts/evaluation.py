@@ -1,74 +1,22 @@
-"""Side-by-side evaluation of reconstruction methods: PSNR/SSIM/time tables, example figures, noise-robustness curves.
-
-Data sets are any objects with ``names``, ``images`` ``(n, 1, *image_shape)`` and ``projections``
-``(n, 1, *projection_shape)`` (e.g. :class:`monai_ext.data.CTScans`); methods are modules ``projections -> images``.
+"""The bundle's comparison of methods (``evaluate.json``) and noise study (``noise_study.json``): tables, example
+figures, PSNR against the test noise level. Scores come from :func:`monai_ext.workflows.evaluate_methods`.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from monai_ext.io import atomic_path, save_figure, save_json
-from monai_ext.metrics import psnr, ssim
+from monai_ext.metrics import psnr
+from monai_ext.workflows import evaluate_methods, hardware_name, write_comparison
 
-from .methods import count_parameters
+__all__ = ["compare_methods", "markdown_table", "noise_robustness", "plot_noise_robustness"]
 
-__all__ = ["reconstruct_all", "evaluate_methods", "compare_methods", "markdown_table", "noise_robustness", "plot_noise_robustness", "hardware_name"]
-
-_logger = logging.getLogger(__name__)
-
-
-def reconstruct_all(method: torch.nn.Module, projections: torch.Tensor, device=None, batch_size: int = 16) -> tuple[torch.Tensor, float]:
-    """Reconstruct every case (no gradients, eval mode); returns ``(images on CPU, seconds per case)``."""
-    device = torch.device(device or "cpu")
-    method = method.to(device).eval()
-    outputs, start = [], time.perf_counter()
-    with torch.no_grad():
-        for chunk in projections.split(int(batch_size)):
-            outputs.append(method(chunk.to(device)).float().cpu())
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = (time.perf_counter() - start) / max(1, len(projections))
-    return torch.cat(outputs), seconds
-
-
-def evaluate_methods(methods: Mapping[str, torch.nn.Module], scans, device=None, batch_size: int = 16, keep: int = 0) -> tuple[dict, dict]:
-    """Score every method on one data set.
-
-    Args:
-        methods: modules by name.
-        scans: data set (``names``, ``images``, ``projections``).
-        device: where the methods run.
-        batch_size: cases per call.
-        keep: number of leading reconstructions to return per method (for figures).
-
-    Returns:
-        ``(scores, kept)``: ``scores[name]`` has ``psnr_db`` (mean), ``psnr_std_db``, ``ssim``, ``seconds_per_slice``,
-        ``parameters`` and per-case ``psnr_per_case``; ``kept[name]`` the first ``keep`` reconstructions.
-    """
-    scores, kept = {}, {}
-    references = scans.images
-    for name, method in methods.items():
-        recon, seconds = reconstruct_all(method, scans.projections, device, batch_size)
-        values = [psnr(recon[i], references[i]) for i in range(len(references))]
-        similarities = [ssim(recon[i], references[i]) for i in range(len(references))]
-        scores[name] = {
-            "psnr_db": round(float(np.mean(values)), 3),
-            "psnr_std_db": round(float(np.std(values)), 3),
-            "ssim": round(float(np.mean(similarities)), 4),
-            "seconds_per_slice": round(seconds, 5),
-            "parameters": count_parameters(method),
-            "psnr_per_case": [round(float(v), 3) for v in values],
-        }
-        if keep:
-            kept[name] = recon[:keep]
-    return scores, kept
+_logger = logging.getLogger("ct_learned_reconstruction")
 
 
 def markdown_table(results: Mapping[str, Mapping[str, dict]], time_unit: str = "ms") -> str:
@@ -155,26 +103,6 @@ def compare_methods(
         "markdown": table,
     }
     return write_comparison(summary, out)
-
-
-def write_comparison(summary: dict, output_dir: str | Path) -> dict:
-    """Write ``summary`` as ``comparison.json`` and its ``markdown`` table as ``comparison.md``; log the table."""
-    out = Path(output_dir)
-    save_json(summary, out / "comparison.json")
-    with atomic_path(out / "comparison.md", suffix=".md") as tmp:
-        tmp.write_text(summary["markdown"])
-    _logger.info("method comparison (%s):\n%s", summary["hardware"], summary["markdown"])
-    return summary
-
-
-def hardware_name(device) -> str:
-    """What timings were measured on: the GPU's name, or the CPU architecture and torch's thread count."""
-    import platform
-
-    device = torch.device(device or "cpu")
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread(s)"
 
 
 def noise_robustness(

@@ -8,21 +8,16 @@ voxel volume they produce (float32), so the column compares representations, not
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from monai_ext.io import atomic_path, save_figure, save_json
-from monai_ext.metrics import psnr, ssim
-from monai_ext.workflows.comparison import hardware_name
+from monai_ext.io import save_figure
+from monai_ext.metrics import psnr
+from monai_ext.workflows import evaluate_methods, hardware_name, write_comparison
 
-__all__ = ["PUBLISHED_CBCT_TABLE", "evaluate_cbct_methods", "cbct_markdown_table", "compare_cbct_methods"]
-
-_logger = logging.getLogger(__name__)
+__all__ = ["PUBLISHED_CBCT_TABLE", "cbct_markdown_table", "compare_cbct_methods"]
 
 # S. Papa, "Deep learning methods for image reconstruction", DLinRT 2024, results table (256^3 thorax CBCT):
 # per projection count and method: (PSNR noisy, SSIM noisy, s/vol noisy, PSNR noise-free, SSIM noise-free,
@@ -50,51 +45,6 @@ def _memory_mib(method: torch.nn.Module, volume: torch.Tensor) -> float:
     if fits:
         return float(fits[-1]["field_parameters_mib"])
     return volume[0].numel() * 4 / 2**20
-
-
-def evaluate_cbct_methods(methods: Mapping[str, torch.nn.Module], scans, device=None) -> tuple[dict, dict]:
-    """Score every method on every scan of a data set (``names``, ``volumes``, ``projections``).
-
-    Wall time (``seconds_per_volume``) is what a user waits; ``cpu_seconds_per_volume`` (``time.process_time``, all
-    threads of this process) is the work done, the fairer figure on a machine shared with other jobs (on CUDA it
-    counts only the host's share).
-
-    Returns:
-        ``(scores, first)``: ``scores[method]`` with mean/std ``psnr_db``, ``ssim``, ``seconds_per_volume``,
-        ``cpu_seconds_per_volume``, ``memory_mib`` and per-case PSNR; ``first[method]`` the first reconstruction
-        (CPU).
-    """
-    device = torch.device(device or "cpu")
-    scores, first = {}, {}
-    for name, method in methods.items():
-        method = method.to(device).eval()
-        psnrs, ssims, seconds, cpu_seconds, memory = [], [], [], [], 0.0
-        for i in range(len(scans.names)):
-            start, cpu_start = time.perf_counter(), time.process_time()
-            with torch.no_grad():
-                volume = method(scans.projections[i : i + 1].to(device)).float()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds.append(time.perf_counter() - start)
-            cpu_seconds.append(time.process_time() - cpu_start)
-            volume = volume.cpu()
-            memory = _memory_mib(method, volume)
-            psnrs.append(psnr(volume[0], scans.volumes[i]))
-            ssims.append(ssim(volume[0], scans.volumes[i]))
-            if i == 0:
-                first[name] = volume
-            _logger.info("%s %s: %.2f dB, SSIM %.3f, %.1f s", name, scans.names[i], psnrs[-1], ssims[-1], seconds[-1])
-        scores[name] = {
-            "psnr_db": round(float(np.mean(psnrs)), 3),
-            "psnr_std_db": round(float(np.std(psnrs)), 3),
-            "ssim": round(float(np.mean(ssims)), 4),
-            "ssim_std": round(float(np.std(ssims)), 4),
-            "seconds_per_volume": round(float(np.mean(seconds)), 3),
-            "cpu_seconds_per_volume": round(float(np.mean(cpu_seconds)), 3),
-            "memory_mib": round(memory, 4),
-            "psnr_per_case": [round(float(v), 3) for v in psnrs],
-        }
-    return scores, first
 
 
 def cbct_markdown_table(results: Mapping[str, Mapping[str, dict]]) -> str:
@@ -190,7 +140,7 @@ def compare_cbct_methods(
     out = Path(output_dir)
     results = {}
     for dname, scans in datasets.items():
-        results[dname], first = evaluate_cbct_methods(methods, scans, device)
+        results[dname], first = evaluate_methods(methods, scans, device, batch_size=1, keep=1, per="volume", memory=_memory_mib)
         _save_slices(scans.volumes[:1], first, out / f"examples_{dname}.png")
     table = cbct_markdown_table(results)
     published_views = int(n_views if published_views is None else published_views)
@@ -206,8 +156,4 @@ def compare_cbct_methods(
         "markdown": table,
         "published_markdown": published,
     }
-    save_json(summary, out / "comparison.json")
-    with atomic_path(out / "comparison.md", suffix=".md") as tmp:
-        tmp.write_text(table + ("\n" + published if published else ""))
-    _logger.info("CBCT comparison (%s):\n%s", summary["hardware"], table)
-    return summary
+    return write_comparison(summary, out, extra_markdown=published)

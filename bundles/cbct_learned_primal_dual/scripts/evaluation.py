@@ -2,61 +2,24 @@
 
 For every projection count and noise setting: PSNR and SSIM (mean and standard deviation over the test volumes,
 each against its reference's range), reconstruction time per volume and peak memory of the reconstruction
-(:func:`monai_ext.workflows.memory.measure_peak_memory`), for every method. Data sets are any objects with
+(:func:`monai_ext.workflows.memory.measure_peak_memory`), for every method, scored by
+:func:`monai_ext.workflows.evaluate_methods`. Data sets are any objects with
 ``names``, ``volumes`` ``(n, 1, nz, ny, nx)`` and ``projections`` (e.g. :class:`monai_ext.data.CBCTScans`).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from monai_ext.io import save_figure
-from monai_ext.metrics import psnr, ssim
+from monai_ext.metrics import psnr
+from monai_ext.workflows import evaluate_methods, hardware_name, orthogonal_slices, write_comparison
 
-from .comparison import hardware_name, reconstruct_all, write_comparison
-from .memory import measure_peak_memory
-from .methods import count_parameters
-from .reconstruction import orthogonal_slices
-
-__all__ = ["evaluate_volume_methods", "compare_volume_methods", "volume_table"]
-
-_logger = logging.getLogger(__name__)
+__all__ = ["compare_volume_methods", "volume_table"]
 SETTINGS = ("noisy", "noise_free")
-
-
-def evaluate_volume_methods(methods: Mapping[str, torch.nn.Module], scans, device=None, keep: int = 0) -> tuple[dict, dict]:
-    """Score every method on one data set, reconstructing one volume at a time.
-
-    Returns:
-        ``(scores, kept)``: ``scores[name]`` has ``psnr_db``/``psnr_std_db``, ``ssim``/``ssim_std``,
-        ``seconds_per_volume``, ``peak_memory_mib``, ``parameters`` and ``psnr_per_case``; ``kept[name]`` the
-        first ``keep`` reconstructions.
-    """
-    scores, kept = {}, {}
-    references = scans.volumes
-    for name, method in methods.items():
-        (recon, seconds), peak = measure_peak_memory(lambda: reconstruct_all(method, scans.projections, device, 1), device)
-        values = [psnr(recon[i], references[i]) for i in range(len(references))]
-        similarities = [ssim(recon[i], references[i]) for i in range(len(references))]
-        scores[name] = {
-            "psnr_db": round(float(np.mean(values)), 3),
-            "psnr_std_db": round(float(np.std(values)), 3),
-            "ssim": round(float(np.mean(similarities)), 4),
-            "ssim_std": round(float(np.std(similarities)), 4),
-            "seconds_per_volume": round(seconds, 3),
-            "peak_memory_mib": round(peak / 2**20, 1),
-            "parameters": count_parameters(method),
-            "psnr_per_case": [round(float(v), 3) for v in values],
-        }
-        _logger.info("%s: PSNR %.2f dB, SSIM %.3f, %.2f s/volume", name, scores[name]["psnr_db"], scores[name]["ssim"], seconds)
-        if keep:
-            kept[name] = recon[:keep]
-    return scores, kept
 
 
 def volume_table(results: Mapping[str, Mapping[str, Mapping[str, dict]]]) -> str:
@@ -131,7 +94,7 @@ def compare_volume_methods(
         for setting, scans in settings.items():
             if setting not in SETTINGS:
                 raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}.")
-            scores, kept = evaluate_volume_methods(methods(views, setting), scans, device, keep=n_examples)
+            scores, kept = evaluate_methods(methods(views, setting), scans, device, batch_size=1, keep=n_examples, per="volume", memory="peak")
             results[views][setting] = scores
             for i in range(min(n_examples, len(scans.names))):
                 _save_examples(scans.volumes[i], {m: r[i : i + 1] for m, r in kept.items()}, scans.names[i], out / f"examples_{views}_{setting}_{i}.png")

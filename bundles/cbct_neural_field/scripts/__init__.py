@@ -1,0 +1,5 @@
+"""The bundle's own code, referenced by its configs as ``scripts.*`` (the Model Zoo pattern).
+
+- ``evaluation``: the comparison of the bundle's methods (``evaluate.json``): tables in the paper's or talk's form,
+  example figures; scores from ``monai_ext.workflows.evaluate_methods``.
+"""
