@@ -71,6 +71,7 @@ import dataclasses
 import torch
 
 from ..deq import SolverInfo, fixed_point_solve
+from ..operators import gradient
 from ..pet.likelihood import DEFAULT_EPS, poisson_nll
 
 __all__ = [
@@ -127,9 +128,9 @@ def _per_batch(value, x: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def spatial_differences(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward differences ``(D_h x, D_v x)`` of images ``(..., H, W)``, zero across the last column / row."""
-    dh = torch.nn.functional.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1))
-    dv = torch.nn.functional.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))
+    """Forward differences ``(D_h x, D_v x)`` of frames ``(B, T, H, W)``, zero across the last column / row
+    (:func:`monai_ext.operators.gradient`, axes swapped to horizontal first)."""
+    dv, dh = gradient(x).unbind(2)
     return dh, dv
 
 

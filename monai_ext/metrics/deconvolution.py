@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from monai_ext.units import FWHM_PER_SIGMA
+
 __all__ = ["recovery_coefficients", "kernel_similarity", "kernel_similarity_matrix", "kernel_shape"]
 
 
@@ -72,7 +74,6 @@ def kernel_similarity_matrix(recovered, applied) -> np.ndarray:
     return np.array([[kernel_similarity(r, a) for a in applied] for r in recovered])
 
 
-_FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 
 def kernel_shape(kernel, spacing=(1.0, 1.0, 1.0)) -> dict:
@@ -108,8 +109,8 @@ def kernel_shape(kernel, spacing=(1.0, 1.0, 1.0)) -> dict:
     major = major * np.sign(major[np.argmax(np.abs(major))])  # an axis has no sign: make its largest component positive
     return {
         "centroid_mm": mean.tolist(),
-        "fwhm_mm": (_FWHM_PER_SIGMA * sigma).tolist(),
-        "principal_fwhm_mm": (_FWHM_PER_SIGMA * np.sqrt(np.clip(eigval[order], 0, None))).tolist(),
+        "fwhm_mm": (FWHM_PER_SIGMA * sigma).tolist(),
+        "principal_fwhm_mm": (FWHM_PER_SIGMA * np.sqrt(np.clip(eigval[order], 0, None))).tolist(),
         "major_axis_zyx": major.tolist(),
         "skewness": ((w @ d**3) / np.maximum(sigma, 1e-12) ** 3).tolist(),
     }

@@ -17,11 +17,10 @@ from monai.networks.layers.simplelayers import separable_filtering
 from ..operators import Diagonal, LinearOperator, PerPlane
 from ..operators.checks import check_finite
 from ..tomo import JosephProjector, ParallelBeamGeometry, ParallelBeamProjector
+from ..units import FWHM_PER_SIGMA
 from .scanner import PETScanner
 
-__all__ = ["GaussianPSF", "PETSystemModel"]
-
-FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+__all__ = ["GaussianPSF", "PETSystemModel", "FWHM_PER_SIGMA"]
 
 
 class GaussianPSF(LinearOperator):

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..units import FWHM_PER_SIGMA
+
 __all__ = ["Q3P_DIAMETERS_MM", "SpherePhantom", "sphere_phantom", "gaussian_kernel"]
 
 Q3P_DIAMETERS_MM = (16.0, 14.0, 10.0, 8.0, 7.0, 6.0, 5.0)
-_FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+_FWHM_TO_SIGMA = 1.0 / FWHM_PER_SIGMA
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,13 @@ from monai_ext.metrics.brisque import brisque_score, load_brisque_model
 from monai_ext.metrics.deconvolution import kernel_shape, kernel_similarity_matrix, recovery_coefficients
 from monai_ext.deconvolution.blind_deconvolution import BlindDeconvolutionConfig, blur_and_downsample, interpolate_2x, neural_blind_deconvolution
 from monai_ext.phantoms.spheres import gaussian_kernel
+from monai_ext.units import FWHM_PER_SIGMA
 from .deconvolution import INTERPOLATIONS, kernel_fwhm
 
 __all__ = ["PSEUDOKERNELS", "skewed_kernel", "pseudokernel_test", "evaluate_psma_deconvolution"]
 
 logger = logging.getLogger("psma_pet_neural_blind_deconvolution")
-_FWHM_TO_SIGMA = 1.0 / (2.0 * sqrt(2.0 * np.log(2.0)))
+_FWHM_TO_SIGMA = 1.0 / FWHM_PER_SIGMA
 
 # FWHM (mm, z y x) and skew-normal shape per axis: four differently skewed anisotropic kernels
 PSEUDOKERNELS = (
