@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,19 @@ def _scripts_targets(node) -> list[str]:
     if isinstance(node, list):
         return [t for v in node for t in _scripts_targets(v)]
     return []
+
+
+def _expressions(node) -> list[str]:
+    if isinstance(node, dict):
+        return [e for v in node.values() for e in _expressions(v)]
+    if isinstance(node, list):
+        return [e for v in node for e in _expressions(v)]
+    return [node] if isinstance(node, str) and node.startswith("$") else []
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_configs_hold_no_python_lambda(bundle):
+    """Functions in configs are named (``_target_`` with ``"_mode_": "callable"``), never ``$lambda ...``."""
+    for config in sorted((bundle / "configs").glob("*.json")):
+        found = [e for e in _expressions(json.loads(config.read_text())) if re.search(r"\blambda\b(?!_)", e)]
+        assert not found, f"{config.relative_to(ROOT)} holds lambdas: {found}"

@@ -11,7 +11,7 @@ the names below stay importable from here for one release.
 from ..operators import MatrixOperator, apply, check_measurements, divergence, gradient, gradient_norm_sq_bound, operator_norm
 from ..operators import Scaled as ScaledOperator
 from ..operators.measurements import normalize_operator
-from .tuning import tune_weight
+from .tuning import tune_weight, variational_solution
 from .variational import REGULARIZERS, TikhonovReconstruction, TVReconstruction, tikhonov_cg, total_variation, tv_pdhg
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "normalize_operator",
     "operator_norm",
     "tune_weight",
+    "variational_solution",
     "REGULARIZERS",
     "TikhonovReconstruction",
     "TVReconstruction",

@@ -10,7 +10,7 @@ import torch
 
 from monai_ext.metrics import psnr
 
-__all__ = ["tune_weight"]
+__all__ = ["tune_weight", "variational_solution"]
 
 
 def tune_weight(
@@ -74,3 +74,53 @@ def tune_weight(
                 score(math.sqrt(best * ordered[j]))
     best = max(scores, key=scores.get)
     return best, [{"weight": w, "mean_psnr_db": round(scores[w], 4)} for w in sorted(scores)]
+
+
+def variational_solution(
+    y: torch.Tensor,
+    weight: float,
+    *,
+    operator,
+    method: str = "tv",
+    n_iter: int = 100,
+    regularizer: str = "identity",
+    norm: float | None = None,
+    dtype: torch.dtype | None = None,
+    device=None,
+) -> torch.Tensor:
+    """The Tikhonov or TV reconstruction of ``y`` at ``weight``: the ``reconstruct(y, weight)`` that
+    :func:`tune_weight` scores, written once so that configs build it (``"_mode_": "callable"`` with the keyword
+    arguments) instead of a lambda.
+
+    Args:
+        y: measurements ``(B, C, *out_shape)``.
+        weight: the regularisation weight.
+        operator: the linear operator.
+        method: ``"tikhonov"`` (:func:`~monai_ext.solvers.tikhonov_cg`) or ``"tv"`` (:func:`~monai_ext.solvers.tv_pdhg`).
+        n_iter: iterations of the solver.
+        regularizer: Tikhonov's ``R`` (``"identity"`` or ``"gradient"``).
+        norm: a known ``||A||`` for TV (estimated otherwise).
+        dtype: cast ``y`` to this dtype first (e.g. ``torch.float64``).
+        device: solve on this device; the result returns to ``y``'s.
+
+    Raises:
+        ValueError: an unknown ``method``.
+
+    Example:
+        >>> from functools import partial
+        >>> from monai_ext.operators import MatrixOperator
+        >>> solve = partial(variational_solution, operator=MatrixOperator(torch.eye(2), (2,)), method="tikhonov")
+        >>> solve(torch.ones(1, 1, 2), 1.0).flatten().tolist()
+        [0.5, 0.5]
+    """
+    from .variational import tikhonov_cg, tv_pdhg
+
+    if method not in ("tikhonov", "tv"):
+        raise ValueError(f"method must be 'tikhonov' or 'tv', got {method!r}.")
+    home = y.device
+    y = y.to(device=device if device is not None else home, dtype=dtype or y.dtype)
+    if method == "tikhonov":
+        x, _ = tikhonov_cg(operator, y, weight, regularizer, n_iter=n_iter)
+    else:
+        x, _ = tv_pdhg(operator, y, weight, n_iter=n_iter, norm=norm)
+    return x.to(home)

@@ -7,8 +7,11 @@ from .methods import check_choice, count_parameters, load_method_weights, select
 from .configs import bundle_module, config_content, use_bundle_scripts
 from .memory import measure_peak_memory, peak_resident_growth, release_freed_memory, resident_bytes
 from .reconstruction import KeyedPrepareBatch, ReconstructionSummary, SaveReconstructiond, orthogonal_slices
+from .training import every_n_iterations, scaled_mse_loss
 
 __all__ = [
+    "scaled_mse_loss",
+    "every_n_iterations",
     "KeyedPrepareBatch",
     "SaveReconstructiond",
     "ReconstructionSummary",

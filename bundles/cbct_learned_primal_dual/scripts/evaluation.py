@@ -16,10 +16,22 @@ import torch
 
 from monai_ext.io import save_figure
 from monai_ext.metrics import psnr
-from monai_ext.workflows import evaluate_methods, hardware_name, orthogonal_slices, write_comparison
+from monai_ext.workflows import config_content, evaluate_methods, hardware_name, orthogonal_slices, write_comparison
 
-__all__ = ["compare_volume_methods", "volume_table"]
+__all__ = ["compare_volume_methods", "volume_table", "trained_methods"]
 SETTINGS = ("noisy", "noise_free")
+
+
+def trained_methods(views, setting: str, *, inference_config: str, bundle_root: str, device, method_names, volume_shape, voxel_size: float,
+                    det_shape, scan: str, i0: float) -> dict:
+    """The methods ``method_names`` of ``inference.json`` at ``views`` projections for ``setting`` (``"noisy"`` or
+    ``"noise_free"``), with their trained weights: what :func:`compare_volume_methods` evaluates."""
+    learned = [m for m in ("lpd", "invertible_lpd") if m in method_names]
+    networks = config_content(
+        inference_config, "trained_networks", bundle_root=bundle_root, device=device, n_views=int(views), noise_free=setting == "noise_free",
+        volume_shape=volume_shape, voxel_size=voxel_size, det_shape=det_shape, scan=scan, i0=i0, learned_methods=learned,
+    )
+    return {name: networks[name] for name in method_names}
 
 
 def volume_table(results: Mapping[str, Mapping[str, Mapping[str, dict]]]) -> str:

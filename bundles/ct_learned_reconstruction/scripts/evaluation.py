@@ -118,7 +118,7 @@ def noise_robustness(
 
     Args:
         methods: modules by name (e.g. ``"lpd"`` and ``"lpd (trained noise-free)"``).
-        scans_at: ``i0 -> data set`` simulated at that level.
+        scans_at: ``scans_at(i0=level)`` is the data set simulated at that level.
         levels: the test levels.
         output_dir: where ``noise_robustness.json`` and ``noise_robustness.md`` go.
         device: where the methods run.
@@ -133,7 +133,7 @@ def noise_robustness(
     psnrs: dict[str, list[float]] = {m: [] for m in methods}
     ssims: dict[str, list[float]] = {m: [] for m in methods}
     for level in levels:
-        scores, _ = evaluate_methods(methods, scans_at(level), device, batch_size)
+        scores, _ = evaluate_methods(methods, scans_at(i0=level), device, batch_size)
         for m in methods:
             psnrs[m].append(scores[m]["psnr_db"])
             ssims[m].append(scores[m]["ssim"])
