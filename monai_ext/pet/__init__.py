@@ -7,7 +7,7 @@ The methods built on it have their own packages: the DEQ hyperparameter learning
   and the 2D sinogram geometry (a ``monai_ext.tomo.ParallelBeamGeometry``) for an image grid.
 - ``system_model``: ``PETSystemModel`` ``A x = s a n P G x`` with an explicit background, and ``GaussianPSF``.
 - ``likelihood``: ``poisson_nll`` and its gradients.
-- ``recon``: ``mlem`` and ``osem`` (optionally post-filtered), returning the image and a ``ReconInfo``.
+- ``expectation_maximisation``: ``mlem`` and ``osem`` (optionally post-filtered), returning the image and a ``ReconInfo``.
 - ``kinetics``: ``FrameSchedule``, the Feng input, the two-tissue compartment model, decay and frame averaging.
 - ``phantom``: a seeded 2D brain phantom of about 100 regions with its attenuation map.
 - ``simulator``: ``DynamicPETSimulator`` producing ``DynamicPETExam``s at a chosen total number of counts.
@@ -30,7 +30,7 @@ from .kinetics import (
 )
 from .likelihood import poisson_nll, poisson_nll_gradient, poisson_nll_image_gradient
 from .phantom import MU_BONE, MU_WATER, TISSUE_CLASSES, BrainPhantom, brain_phantom
-from .recon import ReconInfo, mlem, osem
+from .expectation_maximisation import ReconInfo, mlem, osem
 from .scanner import BIOGRAPH_6_TRUEPOINT_TRUEV, DEMO_SCANNER, PETScanner
 from .simulator import (
     PE2I_LIKE_KINETICS,
