@@ -60,17 +60,21 @@ def test_old_names_stay_importable_for_one_release():
     assert ScaledOperator is Scaled and old_gradient is gradient
     with pytest.warns(DeprecationWarning, match="normalise_operator"):
         assert math.isclose(normalize_operator(op, 3.0).norm(n_iter=50), 1.0, rel_tol=1e-6)
+    y = torch.ones(1, 1, 2, dtype=DT)
+    with pytest.warns(DeprecationWarning, match="regulariser"):
+        old, _ = tikhonov_cg(op, y, 1.0, regularizer="gradient")
+    torch.testing.assert_close(old, tikhonov_cg(op, y, 1.0, "gradient")[0])
 
 
-@pytest.mark.parametrize("regularizer", ["identity", "gradient"])
-def test_tikhonov_cg_matches_closed_form(regularizer):
+@pytest.mark.parametrize("regulariser", ["identity", "gradient"])
+def test_tikhonov_cg_matches_closed_form(regulariser):
     gen = torch.Generator().manual_seed(4)
     n, m, w = (5, 6), 12, 0.7
     matrix = torch.randn((m, 30), generator=gen, dtype=DT)
     op = MatrixOperator(matrix, n)
     y = torch.randn((2, 1, m), generator=gen, dtype=DT)
-    x, info = tikhonov_cg(op, y, w, regularizer, n_iter=200, tol=1e-12)
-    if regularizer == "identity":
+    x, info = tikhonov_cg(op, y, w, regulariser, n_iter=200, tol=1e-12)
+    if regulariser == "identity":
         reg = torch.eye(30, dtype=DT)
     else:
         basis = torch.eye(30, dtype=DT).reshape(30, 1, 1, *n)
@@ -137,8 +141,8 @@ def test_modules_wrap_the_solvers():
     y = op(torch.ones(1, 1, 16, 16, dtype=torch.float32) * 0.02)
     assert TVReconstruction(op, 0.01, n_iter=20)(y).shape == (1, 1, 16, 16)
     assert TikhonovReconstruction(op, 1.0, n_iter=20)(y).shape == (1, 1, 16, 16)
-    with pytest.raises(ValueError, match="regularizer"):
-        TikhonovReconstruction(op, 1.0, regularizer="laplacian")
+    with pytest.raises(ValueError, match="regulariser"):
+        TikhonovReconstruction(op, 1.0, regulariser="laplacian")
     with pytest.raises(ValueError, match="weight"):
         TVReconstruction(op, -1.0)
 

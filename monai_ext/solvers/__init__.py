@@ -12,7 +12,7 @@ from ..operators import MatrixOperator, apply, check_measurements, divergence, g
 from ..operators import Scaled as ScaledOperator
 from ..operators.measurements import normalize_operator
 from .tuning import tune_weight, variational_solution
-from .variational import REGULARIZERS, TikhonovReconstruction, TVReconstruction, tikhonov_cg, total_variation, tv_pdhg
+from .variational import REGULARISERS, REGULARIZERS, TikhonovReconstruction, TVReconstruction, tikhonov_cg, total_variation, tv_pdhg
 
 __all__ = [
     "divergence",
@@ -26,6 +26,7 @@ __all__ = [
     "operator_norm",
     "tune_weight",
     "variational_solution",
+    "REGULARISERS",
     "REGULARIZERS",
     "TikhonovReconstruction",
     "TVReconstruction",

@@ -83,7 +83,7 @@ def variational_solution(
     operator,
     method: str = "tv",
     n_iter: int = 100,
-    regularizer: str = "identity",
+    regulariser: str = "identity",
     norm: float | None = None,
     dtype: torch.dtype | None = None,
     device=None,
@@ -98,7 +98,7 @@ def variational_solution(
         operator: the linear operator.
         method: ``"tikhonov"`` (:func:`~monai_ext.solvers.tikhonov_cg`) or ``"tv"`` (:func:`~monai_ext.solvers.tv_pdhg`).
         n_iter: iterations of the solver.
-        regularizer: Tikhonov's ``R`` (``"identity"`` or ``"gradient"``).
+        regulariser: Tikhonov's ``R`` (``"identity"`` or ``"gradient"``).
         norm: a known ``||A||`` for TV (estimated otherwise).
         dtype: cast ``y`` to this dtype first (e.g. ``torch.float64``).
         device: solve on this device; the result returns to ``y``'s.
@@ -120,7 +120,7 @@ def variational_solution(
     home = y.device
     y = y.to(device=device if device is not None else home, dtype=dtype or y.dtype)
     if method == "tikhonov":
-        x, _ = tikhonov_cg(operator, y, weight, regularizer, n_iter=n_iter)
+        x, _ = tikhonov_cg(operator, y, weight, regulariser, n_iter=n_iter)
     else:
         x, _ = tv_pdhg(operator, y, weight, n_iter=n_iter, norm=norm)
     return x.to(home)

@@ -25,14 +25,16 @@ References:
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
 from ..operators import apply, check_measurements, divergence, gradient, gradient_norm_sq_bound, operator_norm
 
-__all__ = ["REGULARIZERS", "tikhonov_cg", "tv_pdhg", "total_variation", "TikhonovReconstruction", "TVReconstruction"]
+__all__ = ["REGULARISERS", "REGULARIZERS", "tikhonov_cg", "tv_pdhg", "total_variation", "TikhonovReconstruction", "TVReconstruction"]
 
-REGULARIZERS = ("identity", "gradient")
+REGULARISERS = ("identity", "gradient")
+REGULARIZERS = REGULARISERS  # the American spelling, kept for one release
 
 
 def _check_inputs(operator, y: torch.Tensor, weight: float) -> None:
@@ -41,6 +43,16 @@ def _check_inputs(operator, y: torch.Tensor, weight: float) -> None:
     check_measurements(operator, y, "y")
     if not (math.isfinite(float(weight)) and float(weight) >= 0):
         raise ValueError(f"weight must be a finite non-negative number, got {weight}.")
+
+
+def _regulariser(regulariser: str, regularizer: str | None) -> str:
+    """The regulariser's name, from the deprecated ``regularizer`` keyword when that is given; checked."""
+    if regularizer is not None:
+        warnings.warn("the keyword regularizer is deprecated; use regulariser.", DeprecationWarning, stacklevel=3)
+        regulariser = regularizer
+    if regulariser not in REGULARISERS:
+        raise ValueError(f"regulariser must be one of {REGULARISERS}, got {regulariser!r}.")
+    return regulariser
 
 
 def _batch_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -57,10 +69,11 @@ def tikhonov_cg(
     operator,
     y: torch.Tensor,
     weight: float,
-    regularizer: str = "identity",
+    regulariser: str = "identity",
     x0: torch.Tensor | None = None,
     n_iter: int = 100,
     tol: float = 1e-6,
+    regularizer: str | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Tikhonov-regularised least squares ``argmin_x 1/2 ||A x - y||^2 + w/2 ||R x||^2`` by conjugate gradients.
 
@@ -71,16 +84,17 @@ def tikhonov_cg(
         operator: linear operator ``A`` with ``forward``/``adjoint``.
         y: measurements ``(B, C, *projection_shape)``.
         weight: ``w >= 0`` (``0`` gives the least-squares solution CG reaches from ``x0``).
-        regularizer: ``"identity"`` (``R = I``) or ``"gradient"`` (``R`` = forward differences, Neumann boundary).
+        regulariser: ``"identity"`` (``R = I``) or ``"gradient"`` (``R`` = forward differences, Neumann boundary).
         x0: starting image (default zeros).
         n_iter: maximum CG iterations.
         tol: relative residual at which to stop.
+        regularizer: deprecated spelling of ``regulariser`` (kept for one release).
 
     Returns:
         ``(x, info)``, ``info``: ``iterations``, ``converged``, ``residual_trace`` (worst batch element).
 
     Raises:
-        ValueError: unknown ``regularizer``; ``y`` of the wrong shape or non-finite; negative ``weight``.
+        ValueError: unknown ``regulariser``; ``y`` of the wrong shape or non-finite; negative ``weight``.
 
     Example:
         >>> from monai_ext.solvers import MatrixOperator
@@ -89,15 +103,14 @@ def tikhonov_cg(
         >>> x.flatten().tolist()  # (I + I) x = 1
         [0.5, 0.5, 0.5]
     """
-    if regularizer not in REGULARIZERS:
-        raise ValueError(f"regularizer must be one of {REGULARIZERS}, got {regularizer!r}.")
+    regulariser = _regulariser(regulariser, regularizer)
     _check_inputs(operator, y, weight)
     w = float(weight)
 
     def normal(v: torch.Tensor) -> torch.Tensor:
         out = operator.adjoint(apply(operator, v))
         if w > 0:
-            out = out + w * (v if regularizer == "identity" else -divergence(gradient(v)))
+            out = out + w * (v if regulariser == "identity" else -divergence(gradient(v)))
         return out
 
     with torch.no_grad():
@@ -238,28 +251,28 @@ class TikhonovReconstruction(torch.nn.Module):
     Args:
         operator: linear operator with ``forward``/``adjoint``.
         weight: regularisation weight ``w``.
-        regularizer: ``"identity"`` or ``"gradient"``.
+        regulariser: ``"identity"`` or ``"gradient"``.
         n_iter: CG iterations.
         tol: CG relative residual tolerance.
+        regularizer: deprecated spelling of ``regulariser`` (kept for one release).
 
     Raises:
-        ValueError: unknown ``regularizer`` or negative ``weight``.
+        ValueError: unknown ``regulariser`` or negative ``weight``.
     """
 
-    def __init__(self, operator, weight: float, regularizer: str = "identity", n_iter: int = 100, tol: float = 1e-6) -> None:
+    def __init__(self, operator, weight: float, regulariser: str = "identity", n_iter: int = 100, tol: float = 1e-6, regularizer: str | None = None) -> None:
         super().__init__()
-        if regularizer not in REGULARIZERS:
-            raise ValueError(f"regularizer must be one of {REGULARIZERS}, got {regularizer!r}.")
+        regulariser = _regulariser(regulariser, regularizer)
         if not float(weight) >= 0:
             raise ValueError(f"weight must be non-negative, got {weight}.")
-        self.operator, self.weight, self.regularizer, self.n_iter, self.tol = operator, float(weight), regularizer, int(n_iter), float(tol)
+        self.operator, self.weight, self.regulariser, self.n_iter, self.tol = operator, float(weight), regulariser, int(n_iter), float(tol)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        x, _ = tikhonov_cg(self.operator, y, self.weight, self.regularizer, n_iter=self.n_iter, tol=self.tol)
+        x, _ = tikhonov_cg(self.operator, y, self.weight, self.regulariser, n_iter=self.n_iter, tol=self.tol)
         return x
 
     def extra_repr(self) -> str:
-        return f"weight={self.weight:.4g}, regularizer={self.regularizer}, n_iter={self.n_iter}"
+        return f"weight={self.weight:.4g}, regulariser={self.regulariser}, n_iter={self.n_iter}"
 
 
 class TVReconstruction(torch.nn.Module):
