@@ -8,6 +8,7 @@
 """
 
 from .blind_deconvolution import (
+    BlindDeconvolution,
     BlindDeconvolutionConfig,
     BlindDeconvolutionResult,
     BlurDownsample,
@@ -37,6 +38,7 @@ __all__ = [
     "DeconvolutionLoss",
     "BlindDeconvolutionConfig",
     "BlindDeconvolutionResult",
+    "BlindDeconvolution",
     "KernelModel",
     "kernel_model",
     "neural_blind_deconvolution",

@@ -55,6 +55,7 @@ __all__ = [
     "DeconvolutionLoss",
     "BlindDeconvolutionConfig",
     "BlindDeconvolutionResult",
+    "BlindDeconvolution",
     "KernelModel",
     "kernel_model",
     "neural_blind_deconvolution",
@@ -554,6 +555,34 @@ def neural_blind_deconvolution(
         pretrain_loss=pretrain_loss,
         seconds=seconds,
     )
+
+
+class BlindDeconvolution(torch.nn.Module):
+    """The neural blind deconvolution as a module for MONAI engines (``network_def`` of an evaluator).
+
+    ``forward(volume, spacing)`` fits :func:`neural_blind_deconvolution` to one volume ``(1, 1, z, y, x)`` (a per-case
+    optimisation: gradients are switched on inside, also under an evaluator's ``no_grad``) and returns the deblurred
+    2x volume ``(1, 1, 2z, 2y, 2x)`` on the input's device; the whole record of the fit (kernel, prediction, loss and
+    kernel histories, time) is ``last_result``.
+
+    Args:
+        config: the fit's settings (default: the quick scale).
+
+    Raises:
+        ValueError: a batch of more than one volume, or the errors of :func:`neural_blind_deconvolution`.
+    """
+
+    def __init__(self, config: BlindDeconvolutionConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or BlindDeconvolutionConfig()
+        self.last_result: BlindDeconvolutionResult | None = None
+
+    def forward(self, volume: torch.Tensor, spacing) -> torch.Tensor:
+        if volume.ndim != 5 or volume.shape[:2] != (1, 1):
+            raise ValueError(f"BlindDeconvolution fits one volume at a time, shape (1, 1, z, y, x); got {tuple(volume.shape)}.")
+        with torch.enable_grad():
+            self.last_result = neural_blind_deconvolution(volume[0, 0].detach().cpu().numpy(), spacing, self.config, volume.device)
+        return torch.as_tensor(self.last_result.image, device=volume.device)[None, None]
 
 
 def _moment_fwhm(kernel: torch.Tensor) -> list[float]:

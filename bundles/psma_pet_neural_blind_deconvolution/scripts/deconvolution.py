@@ -1,5 +1,10 @@
 """Glue of the ``psma_pet_neural_blind_deconvolution`` bundle: load cases, deblur each, write files and summary.json.
 
+``inference.json`` runs a MONAI ``SupervisedEvaluator`` over the cases with the deconvolution as its network
+(``monai_ext.deconvolution.BlindDeconvolution``): :class:`CasePrepareBatch` hands each case's volume and spacing to
+it, :class:`DeblurredCaseWriter` writes each case's files and, at the end, ``summary.json``. :func:`deblur_cases` does
+the same in a loop, for scripts and tests.
+
 A case is a PET volume from a NIfTI file, a DICOM series (converted to SUV) or the built-in simulated sphere phantom
 (which has a 2x reference, so it is scored: PSNR and recovery coefficients against the four interpolations).
 Every input is loaded and checked before anything is written, and every file is written atomically.
@@ -14,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.engines.utils import PrepareBatch
+from ignite.engine import Events
 
 from monai_ext.flags import as_flag
 from monai_ext.io import load_nifti, save_json, save_nifti, save_png
@@ -21,6 +28,7 @@ from monai_ext.metrics import psnr, ssim
 from monai_ext.metrics.deconvolution import recovery_coefficients
 from monai_ext.deconvolution.blind_deconvolution import (
     BlindDeconvolutionConfig,
+    BlindDeconvolutionResult,
     convolve_same,
     crop_affine,
     interpolate_2x,
@@ -28,7 +36,18 @@ from monai_ext.deconvolution.blind_deconvolution import (
     supersampled_affine,
 )
 
-__all__ = ["INTERPOLATIONS", "load_pet_volume", "crop_volume", "pet_cases", "deblur_case", "deblur_cases"]
+__all__ = [
+    "INTERPOLATIONS",
+    "load_pet_volume",
+    "crop_volume",
+    "pet_cases",
+    "deblur_case",
+    "deblur_cases",
+    "write_case_outputs",
+    "write_summary",
+    "CasePrepareBatch",
+    "DeblurredCaseWriter",
+]
 
 logger = logging.getLogger("psma_pet_neural_blind_deconvolution")
 INTERPOLATIONS = {"nearest": 0, "linear": 1, "quadratic": 2, "cubic": 3}
@@ -157,8 +176,13 @@ def deblur_case(case: dict, config: BlindDeconvolutionConfig, output_dir: str | 
 
     Returns the case's summary entry (files, seconds, and scores when the case has a reference).
     """
-    output_dir = Path(output_dir)
     result = neural_blind_deconvolution(case["volume"], case["spacing"], config, device)
+    return write_case_outputs(case, result, output_dir, dicom)
+
+
+def write_case_outputs(case: dict, result: BlindDeconvolutionResult, output_dir: str | os.PathLike, dicom: bool = False) -> dict:
+    """Write the files of one deblurred case (:func:`deblur_case`) and return its summary entry."""
+    output_dir = Path(output_dir)
     name = case["name"]
     affine_2x = supersampled_affine(case["affine"])
     deblurred = save_nifti(result.image, output_dir / f"{name}_deblurred.nii.gz", affine=affine_2x)
@@ -225,10 +249,15 @@ def deblur_cases(cases: list[dict], config: BlindDeconvolutionConfig, output_dir
     dicom = as_flag(dicom, "dicom_output")
     start = time.perf_counter()
     entries = [deblur_case(case, config, output_dir, device, dicom) for case in cases]
+    return write_summary(entries, config, time.perf_counter() - start, output_dir)
+
+
+def write_summary(entries: list[dict], config: BlindDeconvolutionConfig, seconds: float, output_dir: str | os.PathLike) -> dict:
+    """Write ``output_dir/summary.json`` for the cases' entries and return it (``mean_psnr_db`` when scored)."""
     summary = {
         "bundle": "psma_pet_neural_blind_deconvolution",
         "method": "neural_blind_deconvolution_2x",
-        "seconds": round(time.perf_counter() - start, 2),
+        "seconds": round(seconds, 2),
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(config).items()},
         "cases": entries,
     }
@@ -239,3 +268,48 @@ def deblur_cases(cases: list[dict], config: BlindDeconvolutionConfig, output_dir
     scores = f", PSNR {summary['mean_psnr_db']:.2f} dB" if scored else ""
     logger.info(f"deblurred {len(entries)} case(s) in {summary['seconds']:.1f} s{scores} -> {output_dir}")
     return summary
+
+
+class CasePrepareBatch(PrepareBatch):
+    """``prepare_batch`` of the evaluator: a case (the loader's batch is the list of one case, ``no_collation``)
+    becomes the volume ``(1, 1, z, y, x)`` on the device and the keyword ``spacing`` of the network."""
+
+    def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
+        if len(batchdata) != 1:
+            raise ValueError(f"the deconvolution takes one case per batch, got {len(batchdata)}; set the loader's batch_size to 1.")
+        case = batchdata[0]
+        volume = torch.as_tensor(case["volume"])[None, None].to(device=device, non_blocking=non_blocking)
+        return volume, None, (), {"spacing": tuple(float(v) for v in case["spacing"])}
+
+
+class DeblurredCaseWriter:
+    """Evaluator handler: after each case, its files (:func:`write_case_outputs`, from the network's ``last_result``);
+    at the end of the run, ``summary.json`` (:func:`write_summary`).
+
+    Args:
+        output_dir: destination folder.
+        dicom: also write each 2x volume as a PET DICOM series.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, dicom: bool = False) -> None:
+        self.output_dir = Path(output_dir)
+        self.dicom = as_flag(dicom, "dicom_output")
+        self.entries: list[dict] = []
+        self.summary: dict | None = None
+        self._start = 0.0
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._case_done)
+        engine.add_event_handler(Events.COMPLETED, self._completed)
+
+    def _started(self, engine) -> None:
+        self.entries, self._start = [], time.perf_counter()
+
+    def _case_done(self, engine) -> None:
+        network = getattr(engine.network, "module", engine.network)
+        self.entries.append(write_case_outputs(engine.state.batch[0], network.last_result, self.output_dir, self.dicom))
+
+    def _completed(self, engine) -> None:
+        network = getattr(engine.network, "module", engine.network)
+        self.summary = write_summary(self.entries, network.config, time.perf_counter() - self._start, self.output_dir)
