@@ -14,7 +14,7 @@ Subpackages, grouped by domain:
 - ``monai_ext.phantoms``: analytic and random phantoms.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 import importlib as _importlib
 

@@ -109,9 +109,13 @@ def verify_network(bundle: Path) -> bool:
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     if "network_def" not in _inference_config(bundle) or "image" not in meta["network_data_format"].get("inputs", {}):
         return False
+    # a network that fits each case (an optimisation per input) names, in "verify_net", the config overrides that make
+    # that fit short and the extra forward arguments it takes (e.g. the voxel spacing)
+    check = _inference_config(bundle).get("verify_net", {})
     verify_net_in_out(
         net_id="network_def", meta_file=str(bundle / "configs" / "metadata.json"),
         config_file=str(bundle / "configs" / "inference.json"), device="cpu", bundle_root=str(bundle),
+        extra_forward_args=check.get("forward_args"), **check.get("overrides", {}),
     )
     return True
 

@@ -81,3 +81,16 @@ def test_inference_runs_on_builtin_example_from_any_directory(bundle, tmp_path):
     assert abs(metrics["psnr_db_example"] - summary["mean_psnr_db"]) <= 0.011, (metrics, summary["mean_psnr_db"])
     if "ssim_example" in metrics:
         assert abs(metrics["ssim_example"] - summary["mean_ssim"]) <= 0.0011, (metrics, summary["mean_ssim"])
+
+
+def test_bundles_require_the_monai_ext_of_this_checkout():
+    """Each bundle's metadata names the monai_ext version it was written against: this checkout's."""
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    import monai_ext
+
+    assert monai_ext.__version__ == version
+    for bundle in BUNDLES:
+        meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+        assert meta["required_packages_version"]["monai_ext"] == version, bundle.name

@@ -8,6 +8,7 @@ both projectors injected), the PSF, the PSMA blur-and-downsample, the elementary
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -299,3 +300,35 @@ def test_em_reconstructs_on_any_operator():
         osem(torch.ones(1, 1, 6), MatrixOperator(torch.ones(6, 4, dtype=F64), (4,)), n_iter=1, n_subsets=2)
     with pytest.raises(ValueError, match="pixel size"):
         mlem(torch.ones(1, 1, 6, dtype=F64), MatrixOperator(torch.ones(6, 4, dtype=F64), (4,)), n_iter=1, post_filter_fwhm=2.0)
+
+
+def test_pet_model_factors_follow_its_buffers():
+    """``m = s a n`` is formed from the buffers at each call, so ``load_state_dict`` and the setters take effect."""
+    a, b = _pet_model("sparse_matrix", n_frames=2), _pet_model("sparse_matrix", n_frames=2)
+    b.set_scale(3.0 * b.scale)
+    b.set_mu_map(0.02 * _rand(1, 1, *PET_GEOMETRY.image_shape, seed=8))
+    x = _rand(1, 2, *PET_GEOMETRY.image_shape, seed=33)
+    a.load_state_dict(b.state_dict())
+    torch.testing.assert_close(a(x), b(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(a.sensitivity(), b.sensitivity(), rtol=1e-12, atol=1e-12)
+
+
+def test_swapping_the_pet_projector_rebuilds_the_composition():
+    model = _pet_model("auto")
+    sparse = SparseMatrixProjector(PET_GEOMETRY)
+    model.projector = sparse
+    assert model.operator.outer.inner is sparse
+    calls = []
+    original = sparse._apply_forward
+    sparse._apply_forward = lambda t: calls.append(1) or original(t)
+    model(_rand(1, 1, *PET_GEOMETRY.image_shape, seed=34))
+    assert calls == [1]
+    assert isinstance(model.view_subset([0, 1]).projector, SparseMatrixProjector)
+    shifted = dataclasses.replace(PET_GEOMETRY, det_offset=PET_GEOMETRY.det_offset + 1.0)
+    with pytest.raises(ValueError, match="geometry differs"):
+        model.projector = SparseMatrixProjector(shifted)
+
+
+def test_sum_refuses_a_shape_preserving_term_beside_a_shape_changing_one():
+    with pytest.raises(ValueError, match="keeps shapes"):
+        Identity() + MatrixOperator(_rand(4, 3, seed=35), (3,))

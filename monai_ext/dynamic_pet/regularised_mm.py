@@ -128,10 +128,10 @@ def _per_batch(value, x: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def spatial_differences(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward differences ``(D_h x, D_v x)`` of frames ``(B, T, H, W)``, zero across the last column / row
-    (:func:`monai_ext.operators.gradient`, axes swapped to horizontal first)."""
-    dv, dh = gradient(x).unbind(2)
-    return dh, dv
+    """Forward differences ``(D_h x, D_v x)`` of images ``(..., H, W)``, zero across the last column / row
+    (:func:`monai_ext.operators.gradient` of the images, horizontal first)."""
+    dv, dh = gradient(x.reshape(-1, 1, *x.shape[-2:])).unbind(2)
+    return dh.reshape(x.shape), dv.reshape(x.shape)
 
 
 def temporal_difference_penalty(x: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch
 from monai_ext.tomo.geometry import ConeBeamGeometry
 from monai_ext.tomo.rays import geometry_rays
 
+from ..deprecation import renamed_keyword
 from .fields import box_half_widths
 
 __all__ = ["ray_box_intersection", "ConeBeamRays", "render_line_integrals", "render_projections"]
@@ -52,6 +53,7 @@ class ConeBeamRays:
         TypeError: ``geometry`` is not a ``ConeBeamGeometry``.
     """
 
+    @renamed_keyword("geom", "geometry")
     def __init__(self, geometry: ConeBeamGeometry, device=None, dtype: torch.dtype = torch.float32) -> None:
         if not isinstance(geometry, ConeBeamGeometry):
             raise TypeError(f"geometry must be a ConeBeamGeometry, got {type(geometry).__name__}.")
@@ -62,6 +64,11 @@ class ConeBeamRays:
         self.origins = origins.to(device=device, dtype=dtype)
         self.directions = directions.to(device=device, dtype=dtype)
         self.t0, self.t1 = t0.to(device=device, dtype=dtype), t1.to(device=device, dtype=dtype)
+
+    @property
+    def geom(self):
+        """Deprecated name of ``geometry``, kept for one release."""
+        return self.geometry
 
     def __len__(self) -> int:
         return self.origins.shape[0]

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from monai_ext.tomo.geometry import ConeBeamGeometry, FanBeamGeometry, ParallelBeamGeometry
+from ..deprecation import renamed_keyword
 
 __all__ = [
     "atomic_path",
@@ -173,6 +174,7 @@ def save_json(obj, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+@renamed_keyword("geom", "geometry")
 def geometry_to_dict(geometry) -> dict:
     """A JSON-ready description of a ``monai_ext.tomo`` geometry (``type`` plus its fields)."""
     if type(geometry).__name__ not in _GEOMETRIES:
@@ -207,6 +209,7 @@ def _sidecar(path: Path) -> Path:
     raise ValueError(f"projection files must end in .npz, .nii or .nii.gz, got {path.name}.")
 
 
+@renamed_keyword("geom", "geometry")
 def save_projections(projections, geometry, path: str | os.PathLike, extra: dict | None = None) -> Path:
     """Write projections ``(views, [rows,] cols)`` with a JSON geometry sidecar, both atomically."""
     path = Path(path)

@@ -239,7 +239,12 @@ class Sum(LinearOperator):
             a, b = getattr(first, name), getattr(second, name)
             if a is not None and b is not None and a != b:
                 raise ValueError(f"cannot add {_describe_shapes(first)} and {_describe_shapes(second)}: {name} differs.")
-        super().__init__(first.in_shape or second.in_shape, first.out_shape or second.out_shape)
+        for preserving, other in ((first, second), (second, first)):  # a shape-preserving term needs in == out
+            if preserving.shape_preserving and None not in (other.in_shape, other.out_shape) and other.in_shape != other.out_shape:
+                raise ValueError(f"cannot add {_describe_shapes(preserving)} and {_describe_shapes(other)}: the first keeps shapes, the second does not.")
+        in_shape = first.in_shape if first.in_shape is not None else second.in_shape
+        out_shape = first.out_shape if first.out_shape is not None else second.out_shape
+        super().__init__(in_shape, out_shape)
         self.shape_preserving = first.shape_preserving and second.shape_preserving
         self.first, self.second = first, second
 

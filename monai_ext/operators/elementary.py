@@ -30,32 +30,42 @@ class Identity(LinearOperator):
 class Diagonal(LinearOperator):
     """``diag(w) x = w * x``, elementwise with broadcasting; self-adjoint for real ``w``.
 
-    ``w`` is a non-persistent buffer (it follows ``.to(device)``; it is data of the model, not saved in a
-    ``state_dict``) and is cast to the input's device and dtype at each call. It
-    broadcasts against ``(B, C, *shape)``: e.g. ``(1, 1, *shape)`` for one weight per element shared by the batch, or
-    ``(1, T, 1, 1)`` for one weight per frame. It can be replaced with :meth:`set_weights`.
+    ``w`` broadcasts against ``(B, C, *shape)``: e.g. ``(1, 1, *shape)`` for one weight per element shared by the
+    batch, or ``(1, T, 1, 1)`` for one weight per frame, and is cast to the input's device and dtype at each call. It
+    is either a fixed tensor (a non-persistent buffer: it follows ``.to(device)``, it is data of the model and not
+    saved in a ``state_dict``) or a function without arguments that returns it, called at each use, for weights
+    derived from state kept elsewhere (the PET model's ``m = s a n`` from its buffers). :meth:`set_weights` replaces it.
 
     Args:
-        weights: the diagonal ``w`` (a tensor or a float).
+        weights: the diagonal ``w``: a tensor, a float, or a function returning a tensor.
         shape: the spatial shape the operator acts on (``None``: any shape ``w`` broadcasts to).
 
     Raises:
-        ValueError: ``w`` holds NaN or inf.
+        ValueError: a fixed ``w`` that holds NaN or inf.
     """
 
     shape_preserving = True
 
     def __init__(self, weights, shape=None) -> None:
         super().__init__(shape, shape)
-        self.register_buffer("weights", None, persistent=False)
+        self.register_buffer("_fixed_weights", None, persistent=False)
+        self._weights_of = None
         self.set_weights(weights)
 
     def set_weights(self, weights) -> None:
-        """Replace ``w``."""
+        """Replace ``w`` (a tensor, a float, or a function returning a tensor)."""
+        if callable(weights) and not isinstance(weights, torch.Tensor):
+            self._weights_of, self._fixed_weights = weights, None
+            return
         w = weights.detach() if isinstance(weights, torch.Tensor) else torch.tensor(float(weights), dtype=torch.float64)
         if not bool(torch.isfinite(w).all()):
             raise ValueError(f"the diagonal weights contain {int((~torch.isfinite(w)).sum())} non-finite value(s).")
-        self.weights = w
+        self._weights_of, self._fixed_weights = None, w
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """``w``, the fixed tensor or the function's current value."""
+        return self._weights_of() if self._weights_of is not None else self._fixed_weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.weights.to(device=x.device, dtype=x.dtype)

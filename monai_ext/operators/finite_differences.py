@@ -2,7 +2,7 @@
 
 ``gradient(x)[:, :, k]`` is the forward difference of ``x`` along spatial axis ``k`` (pixel units), zero on the last
 plane (Neumann boundary); ``divergence`` is ``-gradient^T`` exactly, so ``<grad x, p> = -<x, div p>``. The
-squared operator norm of the gradient is below ``4 d`` for ``d`` spatial dimensions (``GRADIENT_NORM_SQ_BOUND``).
+squared operator norm of the gradient is below ``4 d`` for ``d`` spatial dimensions (:func:`gradient_norm_sq_bound`).
 
 Reference:
     A. Chambolle, "An algorithm for total variation minimization and applications", JMIV 20, 2004.

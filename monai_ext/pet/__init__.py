@@ -14,6 +14,7 @@ The methods built on it have their own packages: the DEQ hyperparameter learning
 - ``exam_io``: writing exams as NIfTI + NPZ + JSON (atomically, with ``monai_ext.io``) and reading them back.
 """
 
+from ..deprecation import alias_modules
 from .exam_io import load_exam, save_exam
 from .kinetics import (
     C11_HALF_LIFE_MIN,
@@ -80,7 +81,16 @@ __all__ = [
     "load_exam",
 ]
 
-# Moved to monai_ext.dynamic_pet (kept importable from here, with a DeprecationWarning, for one release).
+# Moved modules and names (kept importable from here, with a DeprecationWarning, for one release).
+alias_modules(
+    {
+        **{f"monai_ext.pet.{m}": f"monai_ext.dynamic_pet.{m}" for m in (
+            "regularised_mm", "noise_realisations", "hyperparameter_learning", "dose_model", "dose_adaptive_reconstruction")},
+        "monai_ext.pet.blind_deconvolution": "monai_ext.deconvolution.blind_deconvolution",
+        "monai_ext.pet.blur_likelihood": "monai_ext.deconvolution.blur_likelihood",
+        "monai_ext.pet.recon": "monai_ext.pet.expectation_maximisation",
+    }
+)
 _MOVED = {name: "monai_ext.dynamic_pet" for name in (
     "DoseAdaptiveReconstruction",
     "DOSE_MODELS",

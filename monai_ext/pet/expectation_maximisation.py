@@ -148,13 +148,13 @@ def _expectation_maximisation(
         raise ValueError(f"n_iter must be a non-negative integer, got {n_iter}.")
     if n_subsets != 1 and not hasattr(model, "view_subset"):
         raise TypeError(f"OSEM with n_subsets={n_subsets} needs a model with view_subset (a PETSystemModel or a tomo projector), got {type(model).__name__}.")
-    n_views = model.geometry.n_angles if hasattr(model, "view_subset") else 1
+    view_axis = getattr(model, "view_axis", -2)
+    n_views = model.out_shape[view_axis] if hasattr(model, "view_subset") else 1
     if int(n_subsets) != n_subsets or not 1 <= n_subsets <= n_views:
         raise ValueError(f"n_subsets must be an integer in [1, {n_views}], got {n_subsets}.")
     pixel_size = getattr(model, "pixel_size", None) or getattr(getattr(model, "geometry", None), "pixel_size", None)
     if post_filter_fwhm > 0 and pixel_size is None:
         raise ValueError(f"post_filter_fwhm={post_filter_fwhm} mm needs the pixel size, which {type(model).__name__} does not have.")
-    view_axis = getattr(model, "view_axis", -2)
     if background is None:
         b = getattr(model, "background", None)
     elif isinstance(model, PETSystemModel):
@@ -162,6 +162,10 @@ def _expectation_maximisation(
     else:
         if not isinstance(background, torch.Tensor) or (background < 0).any():
             raise ValueError("background must be a non-negative tensor broadcastable to y.")
+        try:
+            torch.broadcast_shapes(background.shape, y.shape)
+        except RuntimeError as err:
+            raise ValueError(f"background of shape {tuple(background.shape)} does not broadcast to y {tuple(y.shape)}.") from err
         b = background.detach()
     b = torch.zeros((), dtype=y.dtype, device=y.device) if b is None else b.to(device=y.device, dtype=y.dtype)
 

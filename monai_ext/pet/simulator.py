@@ -175,7 +175,7 @@ def batch_system_model(exams: Sequence[DynamicPETExam], backend: str = "auto", p
         scale=torch.stack([e.frame_scale for e in exams])[:, :, None, None],
         background=torch.stack([e.background for e in exams]),
         projector=projector,
-        backend=backend if projector is None else "auto",
+        backend=backend,
     )
 
 

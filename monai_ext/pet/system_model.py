@@ -168,19 +168,13 @@ class PETSystemModel(LinearOperator):
             projector = ParallelBeamProjector(geometry, backend=backend)
         elif backend != "auto":
             raise ValueError(f"give either projector or backend, not both (got backend={backend!r}).")
-        elif not isinstance(projector, LinearOperator) or (projector.in_shape, projector.out_shape) != (plane_in, plane_out):
-            raise ValueError(
-                f"projector must be a LinearOperator from {plane_in} images to {plane_out} sinograms (the geometry's), "
-                f"got {type(projector).__name__} {getattr(projector, 'in_shape', None)} -> {getattr(projector, 'out_shape', None)}."
-            )
         self.geometry = geometry
-        self.projector = projector
         self.n_planes = None if n_planes is None else int(n_planes)
         self.plane_spacing = plane_spacing
         self.psf_fwhm = psf_fwhm
         self.psf = self._build_psf(psf_fwhm, plane_spacing)
-        self.factors = Diagonal(1.0)
-        self.operator = self.factors @ (projector if n_planes is None else PerPlane(projector, self.n_planes)) @ self.psf
+        self.factors = Diagonal(self.multiplicative_factor)  # m = s a n, from the buffers at each call
+        self.projector = projector  # builds self.operator (see __setattr__)
         self.register_buffer("attenuation_factors", None)
         self.register_buffer("normalisation", None)
         self.register_buffer("scale", None)
@@ -214,6 +208,27 @@ class PETSystemModel(LinearOperator):
             kwargs.setdefault("psf_fwhm", (scanner.resolution_fwhm, scanner.resolution_fwhm))
         kwargs.setdefault("psf_fwhm", scanner.resolution_fwhm)
         return cls(geometry, **kwargs)
+
+    def __setattr__(self, name: str, value) -> None:
+        """Setting ``projector`` (at construction, or later to swap it) checks it and rebuilds ``operator``."""
+        if name == "projector":
+            self._check_projector(value)
+            super().__setattr__(name, value)
+            plane = value if self.n_planes is None else PerPlane(value, self.n_planes)
+            super().__setattr__("operator", self.factors @ plane @ self.psf)
+            return
+        super().__setattr__(name, value)
+
+    def _check_projector(self, projector) -> None:
+        plane_in, plane_out = tuple(self.geometry.image_shape), tuple(self.geometry.sinogram_shape)
+        if not isinstance(projector, LinearOperator) or (projector.in_shape, projector.out_shape) != (plane_in, plane_out):
+            raise ValueError(
+                f"projector must be a LinearOperator from {plane_in} images to {plane_out} sinograms (the geometry's), "
+                f"got {type(projector).__name__} {getattr(projector, 'in_shape', None)} -> {getattr(projector, 'out_shape', None)}."
+            )
+        other = getattr(projector, "geometry", None)
+        if other is not None and other != self.geometry:
+            raise ValueError(f"the projector's geometry differs from the model's: {other} vs {self.geometry}.")
 
     # -- shapes --------------------------------------------------------------------------------------------
     @property
@@ -284,22 +299,18 @@ class PETSystemModel(LinearOperator):
         with torch.no_grad():
             factors = torch.exp(-self.operator.outer.inner(mu.to(torch.float64)))  # P mu, plane by plane
         self.attenuation_factors = factors
-        self._refresh_factors()
 
     def set_attenuation_factors(self, factors: torch.Tensor | None) -> None:
         """Set ``a`` directly (``None`` for no attenuation)."""
         self.attenuation_factors = self.check_sinogram_factor("attenuation_factors", factors)
-        self._refresh_factors()
 
     def set_normalisation(self, normalisation: torch.Tensor | None) -> None:
         """Set ``n`` (``None`` for ones)."""
         self.normalisation = self.check_sinogram_factor("normalisation", normalisation)
-        self._refresh_factors()
 
     def set_scale(self, scale: float | torch.Tensor) -> None:
         """Set ``s``: a float or a tensor such as ``(1, T, 1, 1)`` (sensitivity x frame duration)."""
         self.scale = self.check_sinogram_factor("scale", scale, allow_scalar=True)
-        self._refresh_factors()
 
     def set_background(self, background: torch.Tensor | None) -> None:
         """Set the expected background ``b`` (counts; ``None`` for zero)."""
@@ -312,10 +323,6 @@ class PETSystemModel(LinearOperator):
             if f is not None:
                 m = m * f
         return m
-
-    def _refresh_factors(self) -> None:
-        if self.scale is not None:  # the constructor sets the scale after the other factors
-            self.factors.set_weights(self.multiplicative_factor())
 
     # -- checks --------------------------------------------------------------------------------------------
     def _describe(self) -> str:
@@ -338,17 +345,27 @@ class PETSystemModel(LinearOperator):
                 )
         return factor.to(device=t.device, dtype=t.dtype)
 
+    def _check_factor_batch(self, t: torch.Tensor) -> None:
+        """The factors' batch/channel sizes (of ``m = s a n``, without forming it) broadcast to ``t``'s."""
+        shape = torch.broadcast_shapes(*(f.shape for f in (self.scale, self.attenuation_factors, self.normalisation) if f is not None))
+        for axis in (0, 1):
+            if shape[axis] not in (1, t.shape[axis]):
+                raise ValueError(
+                    f"the model's factors have shape {tuple(shape)}, which does not broadcast to the input's batch/channel "
+                    f"axes {tuple(t.shape[:2])}."
+                )
+
     # -- operators -----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``A x``: expected true counts of images ``x`` ``(B, C, *image_shape)``, shape ``(B, C, *sinogram_shape)``."""
         self.check_image("x", x)
-        self._factor_like(self.factors.weights, x, "factors")
+        self._check_factor_batch(x)
         return self.operator(x)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """``A^T y = G P^T (m y)``, the exact transpose of ``forward``."""
         self.check_sinogram("y", y)
-        self._factor_like(self.factors.weights, y, "factors")
+        self._check_factor_batch(y)
         return self.operator.adjoint(y)
 
     def expected_counts(self, x: torch.Tensor, background: torch.Tensor | None = None) -> torch.Tensor:
@@ -360,7 +377,7 @@ class PETSystemModel(LinearOperator):
     def sensitivity(self) -> torch.Tensor:
         """The sensitivity image ``A^T 1``, shape ``(B_m, C_m, *image_shape)`` with ``B_m, C_m`` the factors' leading
         sizes (1 when the factors are shared), broadcastable against any batch of frames."""
-        m = self.factors.weights
+        m = self.multiplicative_factor()
         return self.operator.adjoint(torch.ones((1, 1, *self.sinogram_shape), dtype=m.dtype, device=m.device))
 
     def view_subset(self, views: Sequence[int] | torch.Tensor) -> PETSystemModel:
@@ -381,7 +398,7 @@ class PETSystemModel(LinearOperator):
             background=take_views(self.background, idx),
             projector=projector,
         )
-        return sub.to(self.factors.weights.device)
+        return sub.to(self.scale.device)
 
     def extra_repr(self) -> str:
         return f"image_shape={self.image_shape}, sinogram_shape={self.sinogram_shape}, psf_fwhm={self.psf_fwhm} mm"
@@ -390,6 +407,6 @@ class PETSystemModel(LinearOperator):
 def take_views(t: torch.Tensor | None, views: torch.Tensor, axis: int = -2) -> torch.Tensor | None:
     """``t`` restricted to ``views`` along its view axis ``axis`` (negative; second to last for sinograms) when that
     axis is full, else ``t`` itself (a factor shared by all views)."""
-    if t is None or t.shape[axis] == 1:
+    if t is None or t.ndim < -axis or t.shape[axis] == 1:
         return t
     return t.index_select(axis, views.to(t.device))

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..deprecation import renamed_keyword
 from .geometry import ConeBeamGeometry, FanBeamGeometry, ParallelBeamGeometry
 from .projectors import DEFAULT_MEMORY_BUDGET, all_finite
 
@@ -364,11 +365,17 @@ class FBP(torch.nn.Module):
         window: ramp apodisation, one of ``FILTERS``.
     """
 
+    @renamed_keyword("geom", "geometry")
     def __init__(self, geometry, window: str = "ramp") -> None:
         super().__init__()
         if window not in FILTERS:
             raise ValueError(f"window must be one of {FILTERS}, got {window!r}.")
         self.geometry, self.window = geometry, window
+
+    @property
+    def geom(self):
+        """Deprecated name of ``geometry``, kept for one release."""
+        return self.geometry
 
     def forward(self, projections: torch.Tensor) -> torch.Tensor:
         if isinstance(self.geometry, ConeBeamGeometry):

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..operators import ExplicitAdjointOperator
 from ..operators.checks import all_finite, check_finite
+from ..deprecation import renamed_keyword
 from .geometry import ConeBeamGeometry, FanBeamGeometry, ParallelBeamGeometry
 from .joseph_cpu import HAS_NUMBA, cone_adjoint_cpu, cone_forward_cpu, cone_view_table, joseph_adjoint_cpu, joseph_forward_cpu
 from .rays import geometry_rays, joseph_samples
@@ -155,6 +156,7 @@ class RayProjector(JosephProjector):
             values.
     """
 
+    @renamed_keyword("geom", "geometry")
     def __init__(self, geometry, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET, stream_device=None) -> None:
         super().__init__(geometry)
         if backend not in _BACKENDS:
@@ -353,6 +355,7 @@ class ParallelBeamProjector(RayProjector):
         torch.Size([1, 1, 90, 95])
     """
 
+    @renamed_keyword("geom", "geometry")
     def __init__(self, geometry: ParallelBeamGeometry, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
         if not isinstance(geometry, ParallelBeamGeometry):
             raise TypeError(f"geometry must be a ParallelBeamGeometry, got {type(geometry).__name__}.")
@@ -362,6 +365,7 @@ class ParallelBeamProjector(RayProjector):
 class FanBeamProjector(RayProjector):
     """2D fan-beam projector with a flat detector: ``(B, C, ny, nx)`` -> ``(B, C, n_angles, n_det)``."""
 
+    @renamed_keyword("geom", "geometry")
     def __init__(self, geometry: FanBeamGeometry, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
         if not isinstance(geometry, FanBeamGeometry):
             raise TypeError(f"geometry must be a FanBeamGeometry, got {type(geometry).__name__}.")
@@ -371,12 +375,14 @@ class FanBeamProjector(RayProjector):
 class ConeBeamProjector(RayProjector):
     """3D circular cone-beam projector with a flat panel: ``(B, C, nz, ny, nx)`` -> ``(B, C, n_angles, rows, cols)``."""
 
+    @renamed_keyword("geom", "geometry")
     def __init__(self, geometry: ConeBeamGeometry, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET, stream_device=None) -> None:
         if not isinstance(geometry, ConeBeamGeometry):
             raise TypeError(f"geometry must be a ConeBeamGeometry, got {type(geometry).__name__}.")
         super().__init__(geometry, backend, memory_budget, stream_device)
 
 
+@renamed_keyword("geom", "geometry")
 def projector_for(geometry, backend: str = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET) -> RayProjector:
     """The projector class that matches ``geometry``."""
     for cls, kind in ((ParallelBeamProjector, ParallelBeamGeometry), (FanBeamProjector, FanBeamGeometry), (ConeBeamProjector, ConeBeamGeometry)):

@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from ..deprecation import renamed_keyword
 from .geometry import ConeBeamGeometry, FanBeamGeometry, ParallelBeamGeometry
 
 __all__ = ["geometry_rays", "joseph_samples"]
@@ -28,6 +29,7 @@ def _view_axes(angles: tuple[float, ...], dtype: torch.dtype) -> tuple[torch.Ten
     return e_u, e_d
 
 
+@renamed_keyword("geom", "geometry")
 def geometry_rays(geometry, dtype: torch.dtype = torch.float64, views: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Origins and unit directions of every ray, in ``(x, y)`` or ``(x, y, z)`` millimetres.
 

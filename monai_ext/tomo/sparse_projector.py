@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 import torch
 
+from ..deprecation import renamed_keyword
 from .geometry import ConeBeamGeometry
 from .joseph_cpu import HAS_NUMBA
 from .projectors import JosephProjector
@@ -78,6 +79,7 @@ class SparseMatrixProjector(JosephProjector):
 
     backend = "sparse_matrix"
 
+    @renamed_keyword("geom", "geometry")
     def __init__(self, geometry, matrix: torch.Tensor | None = None) -> None:
         if isinstance(geometry, ConeBeamGeometry):
             raise NotImplementedError("SparseMatrixProjector supports 2D geometries only; use ConeBeamProjector for cone beam.")

@@ -15,12 +15,14 @@ import warnings
 
 import torch
 
+from ..deprecation import renamed_keyword
 from .geometry import ConeBeamGeometry
 from .rays import geometry_rays, joseph_samples
 
 __all__ = ["joseph_matrix"]
 
 
+@renamed_keyword("geom", "geometry")
 def joseph_matrix(geometry, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """The Joseph system matrix of a 2D geometry as a sparse COO tensor ``(n_rays, n_pixels)``, coalesced.
 
