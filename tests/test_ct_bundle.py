@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from bundle_config import bundle_parser
@@ -144,3 +145,24 @@ def test_train_config_runs_a_short_training_that_inference_loads(tmp_path):
     load_method_weights({"unrolled_shared": network}, ["unrolled_shared"], str(tmp_path))
     with torch.no_grad():
         assert torch.isfinite(network(torch.zeros(1, 1, 5, 64))).all()
+
+
+def test_own_data_blank_image_reports_null_metrics(tmp_path):
+    """An all-zero attenuation image (an air scan) is reconstructed and written; its PSNR/SSIM, undefined for a
+    reference without range, are null in summary.json, and the run exits 0 (it used to crash after writing)."""
+    from monai_ext.io import save_nifti
+
+    data = tmp_path / "data"
+    save_nifti(np.zeros((64, 64), np.float32), data / "air.nii.gz", affine=np.diag([4.0, 4.0, 1.0, 1.0]))
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "inference.json"),
+         "--bundle_root", str(BUNDLE), "--dataset_dir", str(data), "--output_dir", str(out), "--method", "fbp"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    case = summary["cases"][0]
+    assert case["psnr_db"] is None and case["ssim"] is None and case["relative_error"] is None
+    assert "mean_psnr_db" not in summary
+    assert (out / "air_fbp.nii.gz").is_file() or any(out.glob("air*.nii.gz"))

@@ -166,3 +166,15 @@ def test_tune_weight_finds_the_best_scalar():
     assert [row["weight"] for row in table] == sorted(row["weight"] for row in table)
     with pytest.raises(ValueError, match="positive"):
         tune_weight(lambda v, w: v, y, y, [0.0, 1.0])
+
+
+def test_metrics_of_a_uniform_reference_are_undefined_not_an_error():
+    import math
+
+    from monai_ext.metrics import psnr, relative_error, ssim
+
+    blank, image = torch.zeros(16, 16), torch.rand(16, 16, generator=torch.Generator().manual_seed(0))
+    assert math.isnan(psnr(image, blank)) and math.isnan(ssim(image, blank)) and math.isnan(relative_error(image, blank))
+    assert math.isnan(psnr(image, torch.full((16, 16), 0.3)))
+    assert psnr(image, image) == math.inf
+    assert math.isfinite(psnr(image, blank, data_range=1.0))

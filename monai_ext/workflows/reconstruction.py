@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Hashable, Mapping
 from pathlib import Path
@@ -122,6 +123,11 @@ class SaveReconstructiond(MapTransform):
         return d
 
 
+def _finite(value: float, digits: int) -> float | None:
+    """``value`` rounded, or ``None`` (JSON null) when it is not finite (an undefined metric)."""
+    return round(value, digits) if math.isfinite(value) else None
+
+
 class ReconstructionSummary:
     """Handler: per-case PSNR/SSIM/relative error against the reference, one log line, ``summary.json``.
 
@@ -175,16 +181,18 @@ class ReconstructionSummary:
             if ref is not None:
                 pred = item[self.pred_key]
                 case.update(
-                    psnr_db=round(psnr(pred, ref, self.data_range), 3),
-                    ssim=round(ssim(pred, ref, self.data_range), 4),
-                    relative_error=round(relative_error(pred, ref), 5),
+                    psnr_db=_finite(psnr(pred, ref, self.data_range), 3),
+                    ssim=_finite(ssim(pred, ref, self.data_range), 4),
+                    relative_error=_finite(relative_error(pred, ref), 5),
                 )
+                if case["psnr_db"] is None:
+                    self.logger.warning(f"{case['name']}: the reference is uniform (no dynamic range): its PSNR/SSIM are undefined, reported as null.")
             self.cases.append(case)
 
     def _completed(self, engine) -> None:
         seconds = time.perf_counter() - self._start
         summary = {"bundle": self.bundle, "method": self.method, "seconds": round(seconds, 2), "cases": self.cases}
-        scored = [c for c in self.cases if "psnr_db" in c]
+        scored = [c for c in self.cases if c.get("psnr_db") is not None]
         if scored:
             summary["mean_psnr_db"] = round(float(np.mean([c["psnr_db"] for c in scored])), 3)
             summary["mean_ssim"] = round(float(np.mean([c["ssim"] for c in scored])), 4)
