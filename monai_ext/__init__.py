@@ -2,8 +2,11 @@
 
 Subpackages, grouped by domain:
 
+- ``monai_ext.operators``: the ``LinearOperator`` base, composition, diagonal, stacking, finite differences.
 - ``monai_ext.tomo``: CT/CBCT geometries, projectors (forward/adjoint), FBP and FDK.
-- ``monai_ext.pet``: PET system model, Poisson likelihood, MLEM/OSEM, dynamic PET simulator.
+- ``monai_ext.pet``: PET physics: system model, Poisson likelihood, MLEM/OSEM, kinetics, dynamic PET simulator.
+- ``monai_ext.dynamic_pet``: dynamic PET reconstruction with DEQ-learned regularisation weights.
+- ``monai_ext.deconvolution``: neural blind deconvolution with 2x supersampling (PSMA PET).
 - ``monai_ext.deq``: fixed-point solvers and Deep Equilibrium layers with implicit gradients.
 - ``monai_ext.solvers``: variational solvers (Tikhonov CG, TV PDHG) for any linear operator.
 - ``monai_ext.networks``: reconstruction networks (post-processing, MMSE + CNN, unrolled, Learned Primal-Dual).
@@ -18,7 +21,10 @@ __version__ = "0.2.0"
 
 import importlib as _importlib
 
-_SUBPACKAGES = ("data", "deq", "fields", "flags", "io", "metrics", "networks", "pet", "phantoms", "solvers", "tomo", "transforms", "workflows")
+_SUBPACKAGES = (
+    "data", "deconvolution", "deprecation", "deq", "dynamic_pet", "fields", "flags", "io", "metrics", "networks", "operators", "pet",
+    "phantoms", "solvers", "tomo", "transforms", "units", "workflows",
+)
 
 
 def __getattr__(name: str):

@@ -166,3 +166,19 @@ def test_own_data_blank_image_reports_null_metrics(tmp_path):
     assert case["psnr_db"] is None and case["ssim"] is None and case["relative_error"] is None
     assert "mean_psnr_db" not in summary
     assert (out / "air_fbp.nii.gz").is_file() or any(out.glob("air*.nii.gz"))
+
+
+def test_own_data_output_dir_that_is_a_file_fails_before_any_computation(tmp_path):
+    """``output_dir`` is created and probed in ``initialize``: a file in its place stops the run at once, with the
+    path in the message, and the file is left as it was."""
+    target = tmp_path / "results"
+    target.write_text("the user's notes")
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "inference.json"),
+         "--bundle_root", str(BUNDLE), "--output_dir", str(target)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode != 0
+    assert f"output_dir {target} is a file, not a folder" in result.stderr
+    assert "Epoch" not in result.stderr  # nothing was reconstructed
+    assert target.read_text() == "the user's notes"

@@ -120,3 +120,17 @@ def test_tomography_cases(tmp_path):
         tomography_cases(str(tmp_path), geometry)
     with pytest.raises(FileNotFoundError):
         tomography_cases(str(tmp_path / "missing"), geometry)
+
+
+def test_prepare_output_dir_creates_probes_and_names_a_bad_path(tmp_path):
+    from monai_ext.io import prepare_output_dir
+
+    folder = prepare_output_dir(tmp_path / "a" / "b")
+    assert folder.is_dir() and not any(folder.iterdir())  # the probe file is gone
+    blocker = tmp_path / "file"
+    blocker.write_text("keep")
+    with pytest.raises(ValueError, match=f"output_dir {blocker} is a file"):
+        prepare_output_dir(blocker)
+    with pytest.raises(ValueError, match="cannot be written"):
+        prepare_output_dir(blocker / "below")  # a folder below a file cannot be created
+    assert blocker.read_text() == "keep"

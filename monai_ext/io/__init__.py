@@ -4,6 +4,7 @@ from .datalists import tomography_cases
 from .pet_dicom import PETSeries, read_pet_series, write_pet_series
 from .files import (
     atomic_path,
+    prepare_output_dir,
     geometry_from_dict,
     geometry_to_dict,
     load_nifti,
@@ -16,6 +17,7 @@ from .files import (
 )
 
 __all__ = [
+    "prepare_output_dir",
     "tomography_cases",
     "atomic_path",
     "save_nifti",

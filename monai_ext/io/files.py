@@ -23,6 +23,7 @@ from monai_ext.tomo.geometry import ConeBeamGeometry, FanBeamGeometry, ParallelB
 from ..deprecation import renamed_keyword
 
 __all__ = [
+    "prepare_output_dir",
     "atomic_path",
     "save_nifti",
     "load_nifti",
@@ -57,6 +58,27 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def prepare_output_dir(path: str | os.PathLike) -> Path:
+    """Create ``path`` (with its parents) and check that files can be written in it, before any computation: a
+    run that cannot write its results fails at once, not after the fit.
+
+    Raises:
+        ValueError: ``path`` is an existing file, cannot be created, or is not writable (the message names it).
+    """
+    import tempfile
+
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"output_dir {folder} is a file, not a folder: give a folder for the outputs.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"output_dir {folder} cannot be written: {err.strerror or err}.") from err
+    return folder
 
 
 def _numpy(data) -> np.ndarray:
