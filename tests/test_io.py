@@ -134,3 +134,18 @@ def test_prepare_output_dir_creates_probes_and_names_a_bad_path(tmp_path):
     with pytest.raises(ValueError, match="cannot be written"):
         prepare_output_dir(blocker / "below")  # a folder below a file cannot be created
     assert blocker.read_text() == "keep"
+
+
+def test_own_data_inputs_with_one_name_are_refused(tmp_path):
+    """``scan.nii.gz`` and ``scan.npz`` would both write ``scan_<method>.nii.gz``: refused before anything runs."""
+    from monai_ext.io import save_nifti, save_projections, tomography_cases
+    from monai_ext.tomo import ParallelBeamGeometry, uniform_angles
+
+    geometry = ParallelBeamGeometry((8, 8), 4.0, uniform_angles(5), n_det=8, det_spacing=4.0)
+    save_nifti(np.zeros((8, 8), np.float32), tmp_path / "scan.nii.gz", affine=np.diag([4.0, 4.0, 1.0, 1.0]))
+    save_projections(torch.zeros(5, 8), geometry, tmp_path / "scan.npz")
+    with pytest.raises(ValueError, match="scan.nii.gz and scan.npz"):
+        tomography_cases(str(tmp_path), geometry)
+    (tmp_path / "scan.npz").rename(tmp_path / "other.npz")
+    (tmp_path / "scan.json").rename(tmp_path / "other.json")
+    assert sorted(c["name"] for c in tomography_cases(str(tmp_path), geometry)) == ["other", "scan"]

@@ -44,8 +44,8 @@ def tomography_cases(dataset_dir: str | None, geometry, mu_scale: float = 0.02) 
 
     Raises:
         FileNotFoundError: ``dataset_dir`` given but missing.
-        ValueError: an image of the wrong shape, projections acquired with another geometry, or a folder with no
-            usable file.
+        ValueError: an image of the wrong shape, projections acquired with another geometry, two inputs with one
+            name (``a.nii.gz`` and ``a.npz``: their outputs would collide), or a folder with no usable file.
     """
     spacing = list(geometry.pixel_size)
     if not dataset_dir:
@@ -54,6 +54,7 @@ def tomography_cases(dataset_dir: str | None, geometry, mu_scale: float = 0.02) 
     root = Path(dataset_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset_dir does not exist: {root}")
+    _refuse_colliding_names(root)
     cases = []
     for path in sorted(root.iterdir()):
         name = path.name
@@ -77,3 +78,18 @@ def tomography_cases(dataset_dir: str | None, geometry, mu_scale: float = 0.02) 
     if not cases:
         raise ValueError(f"no .nii, .nii.gz or .npz file in dataset_dir {root}.")
     return cases
+
+
+def _refuse_colliding_names(root: Path) -> None:
+    """Outputs (and sidecars) are named after the stem, so two inputs with one stem (``a.nii.gz`` and ``a.npz``)
+    would share a sidecar and overwrite each other's results: refuse them, naming the files."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted(root.iterdir()):
+        name = path.name
+        if name.endswith((".nii", ".nii.gz", ".npz")):
+            stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else path.stem
+            seen.setdefault(stem, []).append(name)
+    clashes = {stem: files for stem, files in seen.items() if len(files) > 1}
+    if clashes:
+        listed = "; ".join(" and ".join(files) for files in clashes.values())
+        raise ValueError(f"dataset_dir {root} holds inputs with the same name, whose outputs would overwrite each other: {listed}. Rename one of each.")
