@@ -149,3 +149,28 @@ def test_own_data_inputs_with_one_name_are_refused(tmp_path):
     (tmp_path / "scan.npz").rename(tmp_path / "other.npz")
     (tmp_path / "scan.json").rename(tmp_path / "other.json")
     assert sorted(c["name"] for c in tomography_cases(str(tmp_path), geometry)) == ["other", "scan"]
+
+
+def test_own_data_bad_files_get_errors_that_name_them(tmp_path):
+    """A truncated .npz, numbers given as strings in a sidecar and a dataset_dir that is a file: each a ValueError
+    naming the file or the field, not a raw BadZipFile/TypeError or a wrong "does not exist"."""
+    import json
+
+    from monai_ext.io import load_projections, save_projections, tomography_cases
+    from monai_ext.tomo import ParallelBeamGeometry, uniform_angles
+
+    geometry = ParallelBeamGeometry((8, 8), 4.0, uniform_angles(5), n_det=8, det_spacing=4.0)
+    path = save_projections(torch.zeros(5, 8), geometry, tmp_path / "scan.npz")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cannot read projection file .*scan.npz \(truncated"):
+        load_projections(path)
+    path.write_bytes(data)
+    sidecar = tmp_path / "scan.json"
+    meta = json.loads(sidecar.read_text())
+    meta["geometry"]["det_spacing"] = "4.0"
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="geometry field 'det_spacing' of ParallelBeamGeometry must hold numbers, got '4.0'"):
+        load_projections(path)
+    with pytest.raises(ValueError, match=f"dataset_dir {path} is a file"):
+        tomography_cases(str(path), geometry)

@@ -52,6 +52,8 @@ def tomography_cases(dataset_dir: str | None, geometry, mu_scale: float = 0.02) 
         case = _example(geometry.image_shape, geometry.pixel_size, mu_scale)
         return [{**case, "spacing": spacing}]
     root = Path(dataset_dir)
+    if root.is_file():
+        raise ValueError(f"dataset_dir {root} is a file; give the folder that holds the cases (NIfTI images, or projections with their JSON sidecars).")
     if not root.is_dir():
         raise FileNotFoundError(f"dataset_dir does not exist: {root}")
     _refuse_colliding_names(root)

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -209,7 +210,8 @@ def geometry_from_dict(spec: dict):
     """Rebuild a geometry from :func:`geometry_to_dict` output.
 
     Raises:
-        ValueError: unknown ``type`` or a missing field (named in the message).
+        ValueError: unknown ``type``, a missing field or one that does not hold numbers (named in the message), or
+            values the geometry refuses.
     """
     if "type" not in spec:
         raise ValueError(f"geometry description lacks the 'type' field (one of {sorted(_GEOMETRIES)}).")
@@ -220,7 +222,14 @@ def geometry_from_dict(spec: dict):
     missing = [name for name in required if name not in spec]
     if missing:
         raise ValueError(f"geometry description for {spec['type']} lacks field(s): {', '.join(missing)}.")
-    return cls(**{name: spec[name] for name in required})
+    for name in required:
+        values = spec[name] if isinstance(spec[name], (list, tuple)) else [spec[name]]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"geometry field {name!r} of {spec['type']} must hold numbers, got {spec[name]!r} (numbers as JSON numbers, not strings).")
+    try:
+        return cls(**{name: spec[name] for name in required})
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"invalid geometry description for {spec['type']}: {err}") from err
 
 
 def _sidecar(path: Path) -> Path:
@@ -273,8 +282,8 @@ def load_projections(path: str | os.PathLike) -> tuple[torch.Tensor, object, dic
                 if "projections" not in npz:
                     raise ValueError(f"{path} has no array named 'projections' (found {list(npz.keys())}).")
                 arr = npz["projections"].astype(np.float32)
-        except (OSError, EOFError) as err:
-            raise ValueError(f"cannot read projection file {path}: {err}") from err
+        except (OSError, EOFError, zipfile.BadZipFile) as err:  # a truncated or corrupt .npz
+            raise ValueError(f"cannot read projection file {path} (truncated or not an .npz?): {err}") from err
     else:
         arr, _ = load_nifti(path)
     expected = geometry.projection_shape if isinstance(geometry, ConeBeamGeometry) else geometry.sinogram_shape
