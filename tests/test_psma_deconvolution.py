@@ -450,3 +450,26 @@ def test_pseudokernel_test_scores_each_recovered_kernel_against_every_applied_on
     for i in (1, 2):  # the kernels as written give back the scores
         applied, recovered = (load_nifti(tmp_path / f"pseudokernel_{i}_{kind}.nii.gz")[0] for kind in ("applied", "recovered"))
         assert kernel_similarity(recovered, applied) == pytest.approx(matrix[i - 1, i - 1], abs=1e-5)
+
+
+def test_own_data_series_without_units_is_not_taken_as_bqml():
+    """A PET header without Units (0054,1001) is refused for SUV, with the way out named, instead of being read as Bq/mL."""
+    ds = _pet_header()
+    del ds.Units
+    with pytest.raises(ValueError, match=r"no Units \(0054,1001\).*suv: null"):
+        suv_factors(ds)
+
+
+def test_own_data_raw_values_of_a_series_without_units_keep_an_unknown_unit(tmp_path):
+    """``suv: null`` on a series without Units: deblurred as it is, labelled unknown, never written back as Bq/mL."""
+    import pydicom
+
+    folder = _write_series(tmp_path / "pet")
+    for f in sorted(Path(folder).glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        del ds.Units
+        ds.save_as(f)
+    case = pet_cases(str(folder), suv=None)[0]
+    assert case["unit"].startswith("unknown") and "bqml_per_unit" not in case
+    with pytest.raises(ValueError, match=r"no Units \(0054,1001\)"):
+        pet_cases(str(folder), suv="lbm")

@@ -96,14 +96,20 @@ def suv_factors(ds) -> SUVFactors:
     """SUV factors from a PET DICOM dataset (``pydicom.Dataset``), following the module docstring.
 
     Raises:
-        ValueError: missing or non-positive patient weight, units other than ``BQML``, missing injected dose, half
+        ValueError: missing or non-positive patient weight, missing ``Units`` or units other than ``BQML``, missing injected dose, half
             life or times, or an injection after the reference time.
     """
     weight = getattr(ds, "PatientWeight", None)
     if weight in (None, "") or float(weight) <= 0:
         raise ValueError("PatientWeight (0010,1030) is missing or not positive: SUV needs the patient's weight.")
     weight = float(weight)
-    units = str(getattr(ds, "Units", "BQML")).upper()
+    units = getattr(ds, "Units", None)
+    if units in (None, ""):
+        raise ValueError(
+            "the PET series has no Units (0054,1001), so its pixel values cannot be taken as Bq/mL for SUV; deblur the raw "
+            "values instead (suv: null) or fix the header."
+        )
+    units = str(units).upper()
     if units != "BQML":
         raise ValueError(f"SUV conversion needs pixel values in Bq/mL (Units BQML), the series has Units {units!r}.")
     info = _radiopharmaceutical(ds)

@@ -72,6 +72,11 @@ def load_pet_volume(path: str | os.PathLike, suv: str | None = "lbm") -> dict:
         raise ValueError(f"suv must be 'lbm', 'bw' or None, got {suv!r}.")
     if path.is_dir():
         series = read_pet_series(path)
+        units = str(getattr(series.header, "Units", "") or "").upper()
+        if suv is None and units != "BQML":  # raw values in the unit the header gives, or says none: never assumed Bq/mL
+            logger.warning(f"{path.name}: the series' Units are {units or 'missing'}; its values are deblurred as they are.")
+            return {"name": path.name, "volume": series.volume, "affine": series.affine, "spacing": series.spacing,
+                    "unit": units or "unknown (no Units in the header)", "dicom_header": series.header}
         volume, unit, factor = series.volume, "Bq/mL", 1.0
         if suv is not None:
             factors = suv_factors(series.header)
