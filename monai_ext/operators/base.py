@@ -161,16 +161,7 @@ class LinearOperator(torch.nn.Module):
         Raises:
             ValueError: no input shape known, or ``A^T A`` maps the iterate to zero.
         """
-        gen = torch.Generator().manual_seed(int(seed))
-        x = torch.rand((1, 1, *self._spatial(shape)), generator=gen, dtype=dtype).to(device or "cpu")
-        value = 0.0
-        for _ in range(int(n_iter)):
-            x = self.normal(x)
-            value = float(x.norm())
-            if value == 0.0:
-                raise ValueError(f"{type(self).__name__} maps the power-iteration vector to zero: it has no positive norm.")
-            x = x / value
-        return math.sqrt(value)
+        return _power_iteration(self, self._spatial(shape), n_iter, seed, device, dtype)
 
     def adjointness_test(self, batch: int = 2, channels: int = 1, seed: int = 0, device=None, dtype: torch.dtype = torch.float64, shape=None) -> float:
         """``|<A x, y> - <x, A^T y>| / (||A x|| ||y||)`` for seeded random ``x`` and ``y``: near machine precision
@@ -356,6 +347,12 @@ def operator_norm(operator, image_shape=None, n_iter: int = 30, seed: int = 0, d
     known = getattr(operator, "in_shape", getattr(operator, "image_shape", None))
     if known is not None and len(shape) == len(known) + 2:  # a full (B, C, *spatial) shape
         shape = shape[2:]
+    return _power_iteration(operator, shape, n_iter, seed, device, dtype)
+
+
+def _power_iteration(operator, shape: tuple[int, ...], n_iter: int, seed: int, device, dtype) -> float:
+    """``sqrt`` of the top eigenvalue of ``A^T A`` by ``n_iter`` power iterations from a seeded random image of
+    spatial ``shape`` (one batch element, one channel)."""
     gen = torch.Generator().manual_seed(int(seed))
     x = torch.rand((1, 1, *shape), generator=gen, dtype=dtype).to(device or "cpu")
     value = 0.0
@@ -363,6 +360,6 @@ def operator_norm(operator, image_shape=None, n_iter: int = 30, seed: int = 0, d
         x = operator.adjoint(apply(operator, x))
         value = float(x.norm())
         if value == 0.0:
-            raise ValueError("the operator maps the power-iteration vector to zero: it has no positive norm.")
+            raise ValueError(f"{type(operator).__name__} maps the power-iteration vector to zero: it has no positive norm.")
         x = x / value
     return math.sqrt(value)
