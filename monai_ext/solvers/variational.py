@@ -245,6 +245,20 @@ def tv_pdhg(
     return x, info
 
 
+def _operator_for(operator, geometry, weight: float) -> tuple:
+    """``operator`` carried to another acquisition ``geometry`` (a projector's ``with_geometry``), and ``weight``
+    scaled by the square of the ratio of in-plane pixel sizes.
+
+    Line integrals scale with the pixel size, so the data term ``1/2 ||A x - y||^2`` of a given voxel image scales
+    with its square while the regularisers (in voxel units) do not: scaling the weight likewise keeps the balance
+    the weight was tuned for (on a scan scaled as a whole, the minimiser is the same voxel image).
+    """
+    if not hasattr(operator, "with_geometry"):
+        raise TypeError(f"{type(operator).__name__} cannot be carried to another geometry (it has no with_geometry).")
+    ratio = min(geometry.pixel_size[-2:]) / min(operator.geometry.pixel_size[-2:])
+    return operator.with_geometry(geometry), weight * ratio**2
+
+
 class TikhonovReconstruction(torch.nn.Module):
     """Module ``y -> argmin_x 1/2 ||A x - y||^2 + w/2 ||R x||^2`` (see :func:`tikhonov_cg`).
 
@@ -266,6 +280,12 @@ class TikhonovReconstruction(torch.nn.Module):
         if not float(weight) >= 0:
             raise ValueError(f"weight must be non-negative, got {weight}.")
         self.operator, self.weight, self.regulariser, self.n_iter, self.tol = operator, float(weight), regulariser, int(n_iter), float(tol)
+
+    def with_geometry(self, geometry) -> TikhonovReconstruction:
+        """The same reconstruction (regulariser, iterations) with the operator carried to ``geometry`` and the weight
+        scaled by the squared ratio of pixel sizes (see ``_operator_for``)."""
+        operator, weight = _operator_for(self.operator, geometry, self.weight)
+        return type(self)(operator, weight, self.regulariser, self.n_iter, self.tol)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         x, _ = tikhonov_cg(self.operator, y, self.weight, self.regulariser, n_iter=self.n_iter, tol=self.tol)
@@ -298,6 +318,12 @@ class TVReconstruction(torch.nn.Module):
         self.operator, self.weight, self.n_iter = operator, float(weight), int(n_iter)
         self.nonnegative, self.step_ratio = bool(nonnegative), float(step_ratio)
         self._norm: float | None = None
+
+    def with_geometry(self, geometry) -> TVReconstruction:
+        """The same reconstruction (iterations, constraint) with the operator carried to ``geometry`` and the weight
+        scaled by the squared ratio of pixel sizes (see ``_operator_for``)."""
+        operator, weight = _operator_for(self.operator, geometry, self.weight)
+        return type(self)(operator, weight, self.n_iter, self.nonnegative, self.step_ratio)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         if self._norm is None:

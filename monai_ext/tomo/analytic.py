@@ -377,6 +377,10 @@ class FBP(torch.nn.Module):
         """Deprecated name of ``geometry``, kept for one release."""
         return self.geometry
 
+    def with_geometry(self, geometry) -> FBP:
+        """The same reconstruction (window) for another ``geometry``."""
+        return type(self)(geometry, self.window)
+
     def forward(self, projections: torch.Tensor) -> torch.Tensor:
         if isinstance(self.geometry, ConeBeamGeometry):
             return fdk(projections, self.geometry, self.window)

@@ -182,6 +182,12 @@ class RayProjector(JosephProjector):
         subset.stream_device = self.stream_device
         return subset
 
+    def with_geometry(self, geometry) -> RayProjector:
+        """This projector (same backend, budget and streaming device) for another ``geometry``."""
+        other = projector_for(geometry, self.backend, self.memory_budget)
+        other.stream_device = self.stream_device
+        return other
+
     # -- backends ------------------------------------------------------------------------------------------
     def _use_numba(self, t: torch.Tensor) -> bool:
         return self.backend != "torch" and HAS_NUMBA and t.device.type == "cpu" and not self._streams(t)

@@ -4,12 +4,19 @@ What serves one bundle only (its runners, comparisons, tables and figures) lives
 
 from .evaluation import evaluate_methods, hardware_name, reconstruct_all, references_of, write_comparison
 from .methods import check_choice, count_parameters, load_method_weights, select_method
+from .case_geometry import CaseGeometryNetwork
 from .configs import bundle_module, config_content, use_bundle_scripts
 from .memory import measure_peak_memory, peak_resident_growth, release_freed_memory, resident_bytes
 from .reconstruction import KeyedPrepareBatch, ReconstructionSummary, SaveReconstructiond, orthogonal_slices
+from .runs import announce_example, check_bundle_run, check_overrides, root_cause
 from .training import every_n_iterations, scaled_mse_loss
 
 __all__ = [
+    "check_bundle_run",
+    "check_overrides",
+    "root_cause",
+    "announce_example",
+    "CaseGeometryNetwork",
     "scaled_mse_loss",
     "every_n_iterations",
     "KeyedPrepareBatch",

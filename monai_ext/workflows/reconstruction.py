@@ -32,10 +32,13 @@ class KeyedPrepareBatch(PrepareBatch):
     Args:
         input_key: batch key of the network input.
         target_key: batch key of the reference (``None``: no target, as for inference on measured data).
+        keyword_keys: network keyword arguments taken from the batch, ``{keyword: batch key}`` (e.g.
+            ``{"geometry": "geometry"}`` for :class:`CaseGeometryNetwork`); absent keys are left out.
     """
 
-    def __init__(self, input_key: str, target_key: str | None = None) -> None:
+    def __init__(self, input_key: str, target_key: str | None = None, keyword_keys: dict | None = None) -> None:
         self.input_key, self.target_key = input_key, target_key
+        self.keyword_keys = dict(keyword_keys or {})
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
         if self.input_key not in batchdata:
@@ -44,7 +47,10 @@ class KeyedPrepareBatch(PrepareBatch):
         target = batchdata.get(self.target_key) if self.target_key else None
         if isinstance(target, torch.Tensor):
             target = target.to(device=device, non_blocking=non_blocking, **kwargs)
-        return inputs, target
+        if not self.keyword_keys:
+            return inputs, target
+        keywords = {name: batchdata[key] for name, key in self.keyword_keys.items() if key in batchdata}
+        return inputs, target, (), keywords
 
 
 def _spatial(t) -> np.ndarray:
@@ -81,6 +87,8 @@ class SaveReconstructiond(MapTransform):
         name_key: key holding the case name (``"name"``); falls back to ``case<i>``.
         reference_key: key of the reference image, if any.
         spacing_key: key of the voxel size in mm (array order), written to the NIfTI header.
+        affine_key: key of the input's NIfTI affine (4x4): when the case has it, the output is written with it, on
+            the user's grid and orientation (``spacing_key`` is then only a record).
         suffix: file name suffix.
         orthogonal: preview a volume by its three central orthogonal slices instead of the axial one.
     """
@@ -95,11 +103,13 @@ class SaveReconstructiond(MapTransform):
         suffix: str = "recon",
         allow_missing_keys: bool = False,
         orthogonal: bool = False,
+        affine_key: str = "affine",
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.orthogonal = bool(orthogonal)
         self.output_dir = Path(output_dir)
         self.name_key, self.reference_key, self.spacing_key, self.suffix = name_key, reference_key, spacing_key, suffix
+        self.affine_key = affine_key
         self._count = 0
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
@@ -109,9 +119,12 @@ class SaveReconstructiond(MapTransform):
         spacing = d.get(self.spacing_key)
         if spacing is not None:
             spacing = [float(v) for v in (spacing.reshape(-1) if isinstance(spacing, torch.Tensor) else spacing)]
+        affine = d.get(self.affine_key)
+        if affine is not None:
+            affine = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, np.float64).reshape(4, 4)
         for key in self.key_iterator(d):
             recon = _spatial(d[key])
-            nifti = save_nifti(recon, self.output_dir / f"{name}_{self.suffix}.nii.gz", spacing=spacing)
+            nifti = save_nifti(recon, self.output_dir / f"{name}_{self.suffix}.nii.gz", spacing=spacing, affine=affine)
             shown = _preview(recon, self.orthogonal)
             panels = [(f"{self.suffix}", shown)]
             ref = d.get(self.reference_key) if self.reference_key else None
@@ -121,6 +134,27 @@ class SaveReconstructiond(MapTransform):
             save_png(panels, self.output_dir / f"{name}_{self.suffix}.png")
             d[f"{key}_file"] = str(nifti)
         return d
+
+
+_INPUTS = {"image": "a scan simulated from the image", "projections": "measured projections"}
+
+
+def _provenance(item: Mapping) -> dict:
+    """What a case's reconstruction came from (simulated scan or measured data), its grid, and any resampling."""
+    record = {}
+    if item.get("input") in _INPUTS:
+        record["reconstructed_from"] = _INPUTS[item["input"]]
+    pred = item.get("pred")
+    if isinstance(pred, torch.Tensor):
+        record["shape"] = [int(n) for n in _spatial(pred).shape]
+    spacing = item.get("spacing")
+    if spacing is not None:
+        record["spacing_mm"] = [round(float(v), 6) for v in (spacing.reshape(-1) if isinstance(spacing, torch.Tensor) else spacing)]
+    if item.get("resample_to"):
+        import json
+
+        record["resampled_from_training_grid"] = json.loads(item["geometry"])["image_shape"]
+    return record
 
 
 def _finite(value: float, digits: int) -> float | None:
@@ -177,6 +211,7 @@ class ReconstructionSummary:
             case = {"name": str(item.get(self.name_key, f"case{len(self.cases)}"))}
             if f"{self.pred_key}_file" in item:
                 case["file"] = str(item[f"{self.pred_key}_file"])
+            case.update(_provenance(item))
             ref = item.get(self.reference_key)
             if ref is not None:
                 pred = item[self.pred_key]
