@@ -45,7 +45,8 @@ def resample_to_grid(image: torch.Tensor, spacing: Sequence[float], shape: Seque
     sigma = [max(0.0, (new / old - 1.0) / 2.0) for old, new in zip(spacing, new_spacing)]
     if max(sigma) > 0:
         data = GaussianSmooth(sigma=sigma)(data)
-    source = MetaTensor(torch.as_tensor(data), affine=_centred_affine(image.shape[1:], spacing))
+    data = data.as_tensor() if isinstance(data, MetaTensor) else data
+    source = MetaTensor(data, affine=_centred_affine(image.shape[1:], spacing))
     out = SpatialResample(mode="bilinear", padding_mode="zeros", dtype=np.float64)(
         source, dst_affine=_centred_affine(shape, new_spacing), spatial_size=[int(n) for n in shape])
     return torch.as_tensor(out).as_subclass(torch.Tensor).to(image.dtype)
