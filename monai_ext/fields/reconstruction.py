@@ -20,6 +20,7 @@ import torch
 
 from monai_ext.distributed import barrier, is_main_process, rank_and_world_size
 from monai_ext.io import atomic_path, save_json
+from monai_ext.flags import as_flag
 from monai_ext.tomo.geometry import ConeBeamGeometry
 
 from .fields import AttenuationField, ModulatedAttenuationField, box_half_widths, parameter_mebibytes, sample_volume
@@ -163,6 +164,7 @@ class NeuralFieldReconstruction(torch.nn.Module):
         if not isinstance(geometry, ConeBeamGeometry):
             raise TypeError(f"geometry must be a ConeBeamGeometry, got {type(geometry).__name__}.")
         self.geometry, self.method = geometry, method
+        self._explicit_grid = output_shape is not None or output_spacing is not None
         self.half_widths = box_half_widths(geometry.image_shape, geometry.pixel_size)
         self.field_args = dict(field_args or {})
         self.n_steps, self.rays_per_step, self.n_samples, self.seed = int(n_steps), int(rays_per_step), int(n_samples), int(seed)
@@ -171,7 +173,7 @@ class NeuralFieldReconstruction(torch.nn.Module):
         if output_spacing is None:
             output_spacing = [2.0 * h / n for h, n in zip(self.half_widths[::-1], self.output_shape)]
         self.output_spacing = (float(output_spacing),) * 3 if isinstance(output_spacing, (int, float)) else tuple(float(d) for d in output_spacing)
-        self.progress = bool(progress)
+        self.progress = as_flag(progress, "progress")
         self.backbone = None
         if method == "conditioned":
             if not backbone_file:
@@ -181,6 +183,20 @@ class NeuralFieldReconstruction(torch.nn.Module):
                 raise ValueError(f"the backbone was trained on a box of half-widths {self.backbone.config['half_widths']} mm, the geometry's is {self.half_widths}.")
         self._rays: dict = {}
         self.last_fits: list[dict] = []
+
+    def with_geometry(self, geometry: ConeBeamGeometry) -> NeuralFieldReconstruction:
+        """The per-scan method (same field, fit and seed) for scans of another ``geometry``, output on its grid.
+
+        Raises:
+            ValueError: the conditioned method (its backbone is trained on one box) or an output grid set explicitly
+                (it belongs to the bundle's geometry).
+        """
+        if self.method != "per_scan":
+            raise ValueError(f"the {self.method} method's backbone was trained on one geometry; only per_scan fits scans of any geometry.")
+        if self._explicit_grid:
+            raise ValueError("output_shape/output_spacing are set for the bundle's geometry; leave them unset to reconstruct scans of other geometries on their own grid.")
+        return type(self)(geometry, self.method, self.field_args, None, self.n_steps, self.rays_per_step, self.n_samples, self.lr, self.seed,
+                          progress=self.progress)
 
     def _rays_on(self, device: torch.device) -> ConeBeamRays:
         if device not in self._rays:

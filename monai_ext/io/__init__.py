@@ -1,6 +1,6 @@
 """File input/output shared by the bundles: atomic NIfTI/PNG/JSON writers and projection files with sidecars."""
 
-from .datalists import tomography_cases
+from .datalists import cases_on_output_grid, input_files, tomography_cases
 from .pet_dicom import PETSeries, read_pet_series, write_pet_series
 from .files import (
     atomic_path,
@@ -19,6 +19,8 @@ from .files import (
 __all__ = [
     "prepare_output_dir",
     "tomography_cases",
+    "cases_on_output_grid",
+    "input_files",
     "atomic_path",
     "save_nifti",
     "load_nifti",

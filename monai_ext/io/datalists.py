@@ -24,7 +24,7 @@ import torch
 from monai_ext.tomo.adaptation import describe_geometry, describe_grid, geometry_for_grid, same_geometry
 from .files import geometry_to_dict, load_nifti, load_projections
 
-__all__ = ["tomography_cases", "input_files"]
+__all__ = ["tomography_cases", "input_files", "cases_on_output_grid"]
 
 _EXTENSIONS = (".nii.gz", ".nii", ".npz")
 
@@ -205,3 +205,27 @@ def tomography_cases(dataset_dir: str | None, geometry, mu_scale: float = 0.02, 
         else:
             cases.append(_image_case(path, geometry, fixed_geometry, resample, network))
     return cases
+
+
+def cases_on_output_grid(cases: list[dict], geometry, output_shape, output_spacing) -> list[dict]:
+    """``cases`` to be written on an output grid of their reconstruction (a neural field sampled at any grid).
+
+    With no ``output_shape`` (or the bundle's own), each case keeps its own grid (``spacing`` defaults to
+    ``output_spacing``). With another ``output_shape``, every case must be at the bundle's ``geometry``: its
+    ``spacing`` becomes ``output_spacing`` and its input affine is dropped (the output lies on another grid).
+
+    Raises:
+        ValueError: an output grid of its own asked for a case at another geometry than the bundle's.
+    """
+    spacing = [float(v) for v in output_spacing]
+    if output_shape is None or [int(n) for n in output_shape] == list(geometry.image_shape):
+        return [{"spacing": spacing, **case} for case in cases]
+    from .files import geometry_from_dict
+
+    bundle = json.dumps(geometry_to_dict(geometry))
+    for case in cases:
+        spec = case.get("geometry")
+        if spec and spec != bundle and not same_geometry(geometry_from_dict(json.loads(spec)), geometry):
+            raise ValueError(f"output_shape {list(output_shape)} is a grid for scans at the bundle's geometry, and {case.get('name')} is at "
+                             f"{describe_geometry(geometry_from_dict(json.loads(spec)))}: leave output_shape unset to reconstruct it on its own grid.")
+    return [{**{k: v for k, v in case.items() if k != "affine"}, "spacing": spacing} for case in cases]

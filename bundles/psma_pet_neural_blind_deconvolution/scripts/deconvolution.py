@@ -119,11 +119,37 @@ def crop_volume(case: dict, crop) -> dict:
     return out
 
 
+def pet_inputs(input_path: str | os.PathLike) -> list[Path]:
+    """The PET inputs ``input_path`` names: itself (a NIfTI file, or a folder holding one DICOM series), each
+    ``.nii``/``.nii.gz`` of a folder that holds NIfTI files, or the ``image`` entries of a MONAI datalist JSON
+    (``{"test": [{"image": "pet.nii.gz"}, ...]}``).
+
+    Raises:
+        FileNotFoundError: ``input_path`` (or a file a datalist names) does not exist.
+        ValueError: a datalist naming something else than NIfTI files, two NIfTI files with one name.
+    """
+    from monai_ext.io import input_files
+
+    path = Path(input_path)
+    if path.is_file() and path.suffix == ".json":
+        files = input_files(str(path))
+        if any(f.name.endswith(".npz") for f in files):
+            raise ValueError(f"datalist {path} names .npz files; PET inputs are NIfTI files (or DICOM folders given directly).")
+        return files
+    if path.is_dir() and any(f.name.endswith((".nii", ".nii.gz")) for f in path.iterdir()):
+        return [f for f in input_files(str(path)) if f.name.endswith((".nii", ".nii.gz"))]
+    if not path.exists():
+        raise FileNotFoundError(f"PET input not found: {path} (give a NIfTI file, a DICOM series folder, a folder of NIfTI files or a datalist JSON).")
+    return [path]
+
+
 def pet_cases(input_path: str | None, example=None, suv: str | None = "lbm", crop=None) -> list[dict]:
-    """The cases to deblur: the volume at ``input_path``, or the built-in phantom ``example`` when it is empty.
+    """The cases to deblur: the volumes at ``input_path`` (see :func:`pet_inputs`), or the built-in phantom
+    ``example`` when it is empty. Every input is read (and cropped) before any is deblurred.
 
     Args:
-        input_path: NIfTI file or DICOM folder; empty or ``None`` for the built-in example.
+        input_path: NIfTI file, DICOM series folder, folder of NIfTI files or MONAI datalist JSON; empty or
+            ``None`` for the built-in example.
         example: a ``monai_ext.phantoms.spheres.SpherePhantom`` (the built-in example).
         suv: SUV type for DICOM input (``load_pet_volume``).
         crop: optional crop box (``crop_volume``).
@@ -132,8 +158,8 @@ def pet_cases(input_path: str | None, example=None, suv: str | None = "lbm", cro
         ValueError: neither an input nor an example, or the errors of ``load_pet_volume``/``crop_volume``.
     """
     if input_path:
-        case = load_pet_volume(input_path, suv)
-    elif example is not None:
+        return [crop_volume(load_pet_volume(path, suv), crop) for path in pet_inputs(input_path)]
+    if example is not None:
         case = {
             "name": "sphere_phantom",
             "volume": example.measured,
