@@ -233,3 +233,17 @@ def test_own_data_pet_volume_at_2x2x3mm(tmp_path):
     assert np.allclose(output.affine[:3, :3], np.asarray(phantom.affine)[:3, :3] / 2)
     own_psnr = psnr(torch.from_numpy(np.asarray(output.dataobj, np.float32).T.copy()), torch.as_tensor(phantom.reference_2x))
     assert own_psnr >= example_psnr - 3.0, (own_psnr, example_psnr)
+
+
+def test_own_data_two_runs_into_one_output_dir_keep_both_summaries(tmp_path):
+    """FBP then TV into one output_dir: each run's summary stays (summary_<method>.json), summary.json is the last,
+    and a summary.json of another run written without its per-method copy is kept, not lost."""
+    _shepp_logan((64, 64), (4.0, 4.0), tmp_path / "data")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text(json.dumps({"bundle": "ct_learned_reconstruction", "method": "tikhonov", "cases": []}))
+    _run(CT, tmp_path / "data", out, method="fbp")
+    _run(CT, tmp_path / "data", out, method="tv")
+    assert json.loads((out / "summary_tikhonov.json").read_text())["method"] == "tikhonov"
+    assert json.loads((out / "summary_fbp.json").read_text())["cases"][0]["file"].endswith("slice_fbp.nii.gz")
+    assert json.loads((out / "summary.json").read_text())["method"] == "tv" == json.loads((out / "summary_tv.json").read_text())["method"]

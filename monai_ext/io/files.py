@@ -31,6 +31,7 @@ __all__ = [
     "save_png",
     "save_figure",
     "save_json",
+    "save_run_summary",
     "geometry_to_dict",
     "geometry_from_dict",
     "save_projections",
@@ -195,6 +196,39 @@ def save_json(obj, path: str | os.PathLike) -> Path:
     with atomic_path(path, suffix=".json") as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
     return Path(path)
+
+
+def save_run_summary(summary: dict, output_dir: str | os.PathLike) -> Path:
+    """Write a run's ``summary`` as ``output_dir/summary.json`` (the latest run) and ``summary_<method>.json``.
+
+    Runs of different methods into one ``output_dir`` write different output files (named after the method), but
+    share ``summary.json``: the per-method copy keeps each run's summary, and a ``summary.json`` left by a run of
+    another bundle or method (written before per-method copies existed) is kept as its ``summary_<method>.json``
+    with a WARNING, never silently replaced. Returns the path of ``summary.json``.
+    """
+    import logging
+    import re
+
+    folder = Path(output_dir)
+    current = folder / "summary.json"
+
+    def _own_name(record: dict) -> str:
+        return "summary_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", str(record.get("method") or record.get("bundle") or "run")) + ".json"
+
+    if current.is_file():
+        try:
+            previous = json.loads(current.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if isinstance(previous, dict) and (previous.get("bundle"), previous.get("method")) != (summary.get("bundle"), summary.get("method")):
+            kept = folder / _own_name(previous)
+            if not kept.exists():
+                save_json(previous, kept)
+            logging.getLogger(str(summary.get("bundle") or __name__)).warning(
+                f"{current} held the summary of a {previous.get('method') or previous.get('bundle')} run; this "
+                f"{summary.get('method')} run replaces it there, and the earlier one stays in {kept.name}.")
+    save_json(summary, folder / _own_name(summary))
+    return save_json(summary, current)
 
 
 @renamed_keyword("geom", "geometry")

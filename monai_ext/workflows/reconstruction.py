@@ -4,7 +4,8 @@
   ``batch[target_key]`` as the optional reference.
 - :class:`SaveReconstructiond`: writes each reconstruction as NIfTI plus a PNG preview, atomically.
 - :class:`ReconstructionSummary`: a handler that scores each case (PSNR, SSIM, relative error when a reference
-  exists), logs one line per run and writes ``summary.json``.
+  exists), logs one line per run and writes ``summary.json`` (and ``summary_<method>.json``, see
+  ``monai_ext.io.save_run_summary``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from monai.engines.utils import PrepareBatch
 from monai.transforms import MapTransform
 
-from monai_ext.io import save_json, save_nifti, save_png
+from monai_ext.io import save_nifti, save_png, save_run_summary
 from monai_ext.metrics import psnr, relative_error, ssim
 
 __all__ = ["KeyedPrepareBatch", "SaveReconstructiond", "ReconstructionSummary", "orthogonal_slices"]
@@ -231,6 +232,6 @@ class ReconstructionSummary:
         if scored:
             summary["mean_psnr_db"] = round(float(np.mean([c["psnr_db"] for c in scored])), 3)
             summary["mean_ssim"] = round(float(np.mean([c["ssim"] for c in scored])), 4)
-        save_json(summary, self.output_dir / "summary.json")
+        save_run_summary(summary, self.output_dir)
         scores = f"PSNR {summary['mean_psnr_db']:.2f} dB, SSIM {summary['mean_ssim']:.3f}" if scored else "no reference"
         self.logger.info(f"{self.bundle}: {self.method} on {len(self.cases)} case(s): {scores}, {seconds:.1f} s -> {self.output_dir}")

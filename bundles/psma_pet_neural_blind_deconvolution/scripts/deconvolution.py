@@ -23,7 +23,7 @@ from monai.engines.utils import PrepareBatch
 from ignite.engine import Events
 
 from monai_ext.flags import as_flag
-from monai_ext.io import load_nifti, save_json, save_nifti, save_png
+from monai_ext.io import load_nifti, save_nifti, save_png, save_run_summary
 from monai_ext.metrics import psnr, ssim
 from monai_ext.metrics.deconvolution import recovery_coefficients
 from monai_ext.deconvolution.blind_deconvolution import (
@@ -295,7 +295,7 @@ def write_summary(entries: list[dict], config: BlindDeconvolutionConfig, seconds
     scored = [e for e in entries if "psnr_db" in e]
     if scored:
         summary["mean_psnr_db"] = round(float(np.mean([e["psnr_db"] for e in scored])), 3)
-    save_json(summary, Path(output_dir) / "summary.json")
+    save_run_summary(summary, output_dir)
     scores = f", PSNR {summary['mean_psnr_db']:.2f} dB" if scored else ""
     logger.info(f"deblurred {len(entries)} case(s) in {summary['seconds']:.1f} s{scores} -> {output_dir}")
     return summary
