@@ -126,6 +126,36 @@ def test_sinogram_frames_not_matching_the_schedule_are_refused(simulator, tmp_pa
         dynamic_pet_cases(str(tmp_path), simulator)
 
 
+def test_own_data_exam_with_missing_or_bad_fields_names_them(simulator, tmp_path):
+    """An exam without activity.nii.gz (measured data) whose sinograms.json or .npz lack what the reader needs:
+    ValueErrors naming the file and the field or array, not bare KeyErrors."""
+    exam = simulator.simulate(3e6, subject_seed=1, noise_seed=0)
+    folder = tmp_path / "exam"
+    save_exam(exam, folder)
+    (folder / "activity.nii.gz").unlink()
+    meta_path, npz = folder / "sinograms.json", folder / "sinograms.npz"
+    meta = json.loads(meta_path.read_text())
+    broken = {k: v for k, v in meta.items() if k != "total_counts"}
+    meta_path.write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match=r"sinograms.json lacks the field 'total_counts'"):
+        dynamic_pet_cases(str(tmp_path), simulator)
+    meta_path.write_text(json.dumps({**meta, "schedule": {"FrameDuration": meta["schedule"]["FrameDuration"]}}))
+    with pytest.raises(ValueError, match=r"lacks the field 'schedule/FrameTimesStart'"):
+        dynamic_pet_cases(str(tmp_path), simulator)
+    meta_path.write_text(json.dumps({**meta, "sensitivity_counts_per_kBq_mL_mm_s": "2.5"}))
+    with pytest.raises(ValueError, match=r"'sensitivity_counts_per_kBq_mL_mm_s' must be a JSON number, got '2.5'"):
+        dynamic_pet_cases(str(tmp_path), simulator)
+    meta_path.write_text(json.dumps(meta))
+    with np.load(npz) as f:
+        arrays = {k: f[k] for k in f.files if k != "background"}
+    np.savez_compressed(npz, **arrays)
+    with pytest.raises(ValueError, match=r"sinograms.npz lacks the array\(s\) background"):
+        dynamic_pet_cases(str(tmp_path), simulator)
+    npz.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match=r"cannot read .*sinograms.npz \(truncated"):
+        dynamic_pet_cases(str(tmp_path), simulator)
+
+
 def test_frame_schedule_other_than_the_dose_model_is_refused(small_dose_model, simulator):
     recon = DoseAdaptiveReconstruction(simulator.geometry, small_dose_model, psf_fwhm=simulator.psf_fwhm)
     durations = torch.tensor([list(simulator.schedule.durations)[:-1] + [600.0]], dtype=torch.float64)

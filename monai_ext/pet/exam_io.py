@@ -31,7 +31,7 @@ from .kinetics import FrameSchedule, TwoTissueParameters, frame_decay_factors
 from .scanner import PETScanner
 from .simulator import DynamicPETExam
 
-__all__ = ["save_exam", "load_exam"]
+__all__ = ["save_exam", "load_exam", "read_exam_json", "read_exam_arrays", "exam_field"]
 
 _FORMAT = "monai_ext.pet dynamic exam v1"
 
@@ -118,6 +118,64 @@ def save_exam(exam: DynamicPETExam, directory: str | os.PathLike) -> dict[str, P
     return paths
 
 
+def read_exam_json(directory: str | os.PathLike) -> dict:
+    """An exam's ``sinograms.json``.
+
+    Raises:
+        ValueError: the file is missing, not valid JSON, or not a JSON object (the message names it).
+    """
+    path = Path(directory) / "sinograms.json"
+    if not path.is_file():
+        raise ValueError(f"directory {str(Path(directory))!r} holds no sinograms.json: not a saved exam.")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(meta).__name__}.")
+    return meta
+
+
+def exam_field(meta: dict, directory: str | os.PathLike, *keys: str, number: bool = False):
+    """``meta[keys[0]][keys[1]]...`` of an exam's ``sinograms.json``; with ``number``, as a float.
+
+    Raises:
+        ValueError: the field is missing, or (``number``) not a JSON number; the message names the file and field.
+    """
+    node, path = meta, Path(directory) / "sinograms.json"
+    for depth, key in enumerate(keys):
+        if not isinstance(node, dict) or key not in node:
+            raise ValueError(f"{path} lacks the field {'/'.join(keys[: depth + 1])!r}.")
+        node = node[key]
+    if number:
+        if isinstance(node, bool) or not isinstance(node, (int, float)):
+            raise ValueError(f"{path}: field {'/'.join(keys)!r} must be a JSON number, got {node!r}.")
+        return float(node)
+    return node
+
+
+def read_exam_arrays(directory: str | os.PathLike, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The arrays ``required`` (and those of ``optional`` present) of an exam's ``sinograms.npz``.
+
+    Raises:
+        FileNotFoundError: no ``sinograms.npz``.
+        ValueError: a truncated or corrupt file, or required arrays missing (named).
+    """
+    import zipfile
+
+    path = Path(directory) / "sinograms.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"exam {str(Path(directory))!r} has sinograms.json but no sinograms.npz beside it.")
+    try:
+        with np.load(path) as data:
+            missing = [name for name in required if name not in data.files]
+            if missing:
+                raise ValueError(f"{path} lacks the array(s) {', '.join(missing)} (it has {', '.join(data.files) or 'none'}).")
+            return {name: np.asarray(data[name]) for name in (*required, *optional) if name in data.files}
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"cannot read {path} (truncated or not an .npz?): {err}") from err
+
+
 def load_exam(directory: str | os.PathLike) -> DynamicPETExam:
     """Read an exam written by ``save_exam``.
 
@@ -126,16 +184,13 @@ def load_exam(directory: str | os.PathLike) -> DynamicPETExam:
     """
     directory = Path(directory)
     meta_path = directory / "sinograms.json"
-    if not meta_path.is_file():
-        raise ValueError(f"directory {str(directory)!r} holds no sinograms.json: not a saved exam.")
-    meta = json.loads(meta_path.read_text())
+    meta = read_exam_json(directory)
     if meta.get("format") != _FORMAT:
         raise ValueError(f"{meta_path} is not a {_FORMAT!r} file (format={meta.get('format')!r}).")
     geometry = geometry_from_dict(meta["geometry"])
     scanner = PETScanner(**meta["scanner"])
     schedule = FrameSchedule(tuple(meta["schedule"]["FrameTimesStart"]), tuple(meta["schedule"]["FrameDuration"]))
-    with np.load(directory / "sinograms.npz") as data:
-        arrays = {k: data[k] for k in data.files}
+    arrays = read_exam_arrays(directory, ("counts", "trues", "background", "attenuation_factors", "normalisation"), ("parameters", "region_tacs"))
     parameters = None
     if "parameters" in arrays:
         parameters = TwoTissueParameters(*arrays["parameters"].T)

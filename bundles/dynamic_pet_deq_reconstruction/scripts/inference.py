@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Hashable, Mapping
 from pathlib import Path
@@ -52,15 +51,23 @@ def _read_exam(directory: Path) -> dict:
             "reference": exam.activity,
         }
     from monai_ext.io import geometry_from_dict
+    from monai_ext.pet.exam_io import exam_field, read_exam_arrays, read_exam_json
 
-    meta = json.loads(meta_path.read_text())
-    with np.load(directory / "sinograms.npz") as data:
-        arrays = {k: torch.as_tensor(np.asarray(data[k], dtype=np.float64)) for k in ("counts", "background", "attenuation_factors", "normalisation")}
+    meta = read_exam_json(directory)
+    names = ("counts", "background", "attenuation_factors", "normalisation")
+    arrays = {k: torch.as_tensor(np.asarray(v, dtype=np.float64)) for k, v in read_exam_arrays(directory, names).items()}
+    frames = {}
+    for key in ("FrameDuration", "FrameTimesStart"):
+        values = exam_field(meta, directory, "schedule", key)
+        if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"{meta_path}: field 'schedule/{key}' must be a list of numbers (seconds), got {values!r}.")
+        frames[key] = list(values)
     return {
         **arrays,
-        "durations": list(meta["schedule"]["FrameDuration"]), "starts": list(meta["schedule"]["FrameTimesStart"]),
-        "sensitivity": float(meta["sensitivity_counts_per_kBq_mL_mm_s"]), "total_counts": float(meta["total_counts"]),
-        "geometry": geometry_from_dict(meta["geometry"]), "reference": None,
+        "durations": frames["FrameDuration"], "starts": frames["FrameTimesStart"],
+        "sensitivity": exam_field(meta, directory, "sensitivity_counts_per_kBq_mL_mm_s", number=True),
+        "total_counts": exam_field(meta, directory, "total_counts", number=True),
+        "geometry": geometry_from_dict(exam_field(meta, directory, "geometry")), "reference": None,
     }
 
 
