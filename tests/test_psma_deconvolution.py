@@ -473,3 +473,23 @@ def test_own_data_raw_values_of_a_series_without_units_keep_an_unknown_unit(tmp_
     assert case["unit"].startswith("unknown") and "bqml_per_unit" not in case
     with pytest.raises(ValueError, match=r"no Units \(0054,1001\)"):
         pet_cases(str(folder), suv="lbm")
+
+
+def test_own_data_pet_series_writers_racing_for_one_folder_take_turns(tmp_path):
+    """Eight writers of one series folder at once: none fails, the folder holds one complete series (the last
+    swap's), and no hidden temporary or ``.old`` folder is left beside it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from monai_ext.io.pet_dicom import read_pet_series, write_pet_series
+
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    out = tmp_path / "series"
+
+    def write(value: int):
+        return write_pet_series(np.full((3, 4, 4), float(value), np.float32), affine, out)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(1, 9)))
+    series = read_pet_series(out)
+    assert series.volume.shape == (3, 4, 4) and len(np.unique(series.volume)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["series"]

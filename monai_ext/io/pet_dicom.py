@@ -146,22 +146,50 @@ _COPIED_FROM_TEMPLATE = (
 
 @contextlib.contextmanager
 def _atomic_directory(path: Path):
-    """Yield a temporary folder beside ``path``; on success it becomes ``path`` (replacing it), on error it is removed."""
+    """Yield a temporary folder beside ``path``; on success it becomes ``path`` (replacing it), on error it is removed.
+
+    The swap holds an exclusive lock on the parent folder (``flock``, where the platform has it), so writers racing
+    for one ``path`` take turns: each swap completes, the last one wins, and no hidden ``.old`` folder stays.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
-        if path.exists():
+        with _folder_lock(path.parent):
+            if not path.exists():
+                os.replace(tmp, path)
+                return
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
+            try:
+                os.replace(path, old / path.name)
+                try:
+                    os.replace(tmp, path)
+                except BaseException:
+                    os.replace(old / path.name, path)  # put the previous series back
+                    raise
+            finally:
+                shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """An exclusive advisory lock on ``folder`` (``fcntl.flock`` on the folder itself: no lock file is left)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: swaps are not serialised
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def _umask() -> int:
