@@ -7,6 +7,7 @@ from .ct_datasets import (
     ellipse_ct_scans,
     ellipse_images,
     real_ct_images,
+    read_ct_slice,
     real_ct_scans,
     simulate_scans,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "CTScans",
     "ellipse_images",
     "real_ct_images",
+    "read_ct_slice",
     "simulate_scans",
     "ellipse_ct_scans",
     "real_ct_scans",

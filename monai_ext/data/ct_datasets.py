@@ -39,6 +39,7 @@ __all__ = [
     "CTScans",
     "ellipse_images",
     "real_ct_images",
+    "read_ct_slice",
     "simulate_scans",
     "transmission_noise",
     "ellipse_ct_scans",
@@ -184,6 +185,31 @@ def _read_hounsfield(path: str) -> np.ndarray:
 
     ds = pydicom.dcmread(path)
     return np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float64)
+
+
+def read_ct_slice(path: str, mu_water: float = MU_WATER, field_of_view: bool = True) -> tuple[np.ndarray, tuple[float, float]]:
+    """One CT slice (DICOM) as an attenuation image in 1/mm on its own grid, and its pixel size ``(dy, dx)`` in mm.
+
+    HU come from the modality LUT (rescale slope/intercept), ``mu`` from :func:`monai_ext.phantoms.hu_to_mu`. With
+    ``field_of_view``, pixels outside the inscribed disc (the scanner's reconstructed field of view) are set to 0.
+
+    Raises:
+        ValueError: the file has no PixelSpacing, or its pixels cannot be decoded (named).
+    """
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    if "PixelSpacing" not in ds:
+        raise ValueError(f"{path} has no PixelSpacing: its grid is unknown.")
+    spacing = (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1]))  # (row spacing = dy, column spacing = dx)
+    try:
+        hu = _read_hounsfield(path)
+    except Exception as err:  # a JPEG 2000 slice needs an optional decoder
+        raise ValueError(f"cannot decode the pixels of {path}: {err}") from err
+    mu = np.asarray(hu_to_mu(hu, mu_water), np.float32)
+    if field_of_view:
+        mu = mu * _disc_mask(mu.shape).numpy().astype(np.float32)
+    return mu, spacing
 
 
 @functools.lru_cache(maxsize=8)
