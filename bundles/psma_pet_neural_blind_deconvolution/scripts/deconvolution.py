@@ -68,6 +68,8 @@ def load_pet_volume(path: str | os.PathLike, suv: str | None = "lbm") -> dict:
     from monai_ext.pet.suv import suv_factors
 
     path = Path(path)
+    if isinstance(suv, str) and suv.strip().lower() in ("null", "none", ""):
+        suv = None  # "--suv null" arrives as a string from the command line
     if suv not in ("lbm", "bw", None):
         raise ValueError(f"suv must be 'lbm', 'bw' or None, got {suv!r}.")
     if path.is_dir():
