@@ -493,3 +493,25 @@ def test_own_data_pet_series_writers_racing_for_one_folder_take_turns(tmp_path):
     series = read_pet_series(out)
     assert series.volume.shape == (3, 4, 4) and len(np.unique(series.volume)) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["series"]
+
+
+def test_own_data_pet_inputs_one_key_for_every_layout(tmp_path):
+    """dataset_dir takes a NIfTI file, a folder of NIfTI files, a DICOM series folder, a folder of series folders
+    (as MONAI Label hands a DICOM study over) or a datalist JSON; every case is read before any is deblurred."""
+    from monai_ext.io import save_nifti
+
+    niftis = tmp_path / "niftis"
+    for name in ("b", "a"):
+        save_nifti(np.ones((4, 6, 6), np.float32), niftis / f"{name}.nii.gz", spacing=[3.0, 2.0, 2.0])
+    assert [c["name"] for c in pet_cases(str(niftis))] == ["a", "b"]
+    assert [c["name"] for c in pet_cases(str(niftis / "a.nii.gz"))] == ["a"]
+    series = _write_series(tmp_path / "study" / "pet1")
+    assert [c["name"] for c in pet_cases(str(series), suv="bw")] == ["pet1"]
+    _write_series(tmp_path / "study" / "pet2")
+    assert [c["name"] for c in pet_cases(str(tmp_path / "study"), suv="bw")] == ["pet1", "pet2"]
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"test": [{"image": "niftis/b.nii.gz"}]}))
+    assert [c["name"] for c in pet_cases(str(datalist))] == ["b"]
+    assert pet_cases(str(niftis / "a.nii.gz"), suv="null")[0]["unit"] == "as stored"
+    with pytest.raises(FileNotFoundError, match="PET input not found"):
+        pet_cases(str(tmp_path / "missing"))

@@ -123,8 +123,8 @@ def crop_volume(case: dict, crop) -> dict:
 
 def pet_inputs(input_path: str | os.PathLike) -> list[Path]:
     """The PET inputs ``input_path`` names: itself (a NIfTI file, or a folder holding one DICOM series), each
-    ``.nii``/``.nii.gz`` of a folder that holds NIfTI files, or the ``image`` entries of a MONAI datalist JSON
-    (``{"test": [{"image": "pet.nii.gz"}, ...]}``).
+    ``.nii``/``.nii.gz`` of a folder that holds NIfTI files, each sub-folder of a folder that holds only folders
+    (DICOM series), or the ``image`` entries of a MONAI datalist JSON (``{"test": [{"image": "pet.nii.gz"}]}``).
 
     Raises:
         FileNotFoundError: ``input_path`` (or a file a datalist names) does not exist.
@@ -138,8 +138,12 @@ def pet_inputs(input_path: str | os.PathLike) -> list[Path]:
         if any(f.name.endswith(".npz") for f in files):
             raise ValueError(f"datalist {path} names .npz files; PET inputs are NIfTI files (or DICOM folders given directly).")
         return files
-    if path.is_dir() and any(f.name.endswith((".nii", ".nii.gz")) for f in path.iterdir()):
-        return [f for f in input_files(str(path)) if f.name.endswith((".nii", ".nii.gz"))]
+    if path.is_dir():
+        entries = sorted(path.iterdir())
+        if any(f.name.endswith((".nii", ".nii.gz")) for f in entries):
+            return [f for f in input_files(str(path)) if f.name.endswith((".nii", ".nii.gz"))]
+        if entries and all(f.is_dir() for f in entries if not f.name.startswith(".")):
+            return [f for f in entries if not f.name.startswith(".")]  # a folder of DICOM series folders
     if not path.exists():
         raise FileNotFoundError(f"PET input not found: {path} (give a NIfTI file, a DICOM series folder, a folder of NIfTI files or a datalist JSON).")
     return [path]

@@ -127,6 +127,9 @@ class BundleReconstructionTask(InferTask):
                 shutil.copytree(image, input_dir / image.name)
             else:
                 shutil.copy2(image, input_dir / image.name)
+                sidecar = _sidecar_of(image)
+                if sidecar is not None:  # a projections study: its geometry sidecar travels with it
+                    shutil.copy2(sidecar, input_dir / sidecar.name)
             logger.info(f"{self.bundle.name}: running inference on {image} ({device}, overrides {overrides})")
             try:
                 summary = run_inference(
@@ -158,6 +161,16 @@ class BundleReconstructionTask(InferTask):
         }
         logger.info(f"{self.bundle.name}: {result}")
         return result_file, result
+
+
+def _sidecar_of(image: Path) -> Path | None:
+    """The JSON geometry sidecar (``<stem>.json``) beside a projections file (``.npz``, ``.nii``, ``.nii.gz``), if any."""
+    name = image.name
+    for ext in (".nii.gz", ".nii", ".npz"):
+        if name.endswith(ext):
+            sidecar = image.with_name(name[: -len(ext)] + ".json")
+            return sidecar if sidecar.is_file() else None
+    return None
 
 
 def _root_cause(err: BaseException) -> str:
