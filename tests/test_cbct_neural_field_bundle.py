@@ -54,12 +54,21 @@ def test_inference_reads_projections_with_sidecar_and_volumes(scan, tmp_path):
     assert "psnr_db" in cases["phantom"] and "psnr_db" not in cases["measured"]
 
 
-def test_inference_rejects_projections_that_do_not_match_the_geometry(scan, tmp_path):
+def test_own_data_projections_of_another_geometry_per_scan_fits_them_conditioned_refuses(scan, tmp_path):
+    """Projections acquired with 20 views (the config has another count): the per-scan field fits them at their
+    sidecar's geometry; the conditioned field, whose backbone is tied to the bundle's scan, refuses them naming both."""
     geometry, scans = scan
     other = cbct_geometry(20, geometry.image_shape, geometry.pixel_size[0], geometry.det_shape)
     data = tmp_path / "other"
-    save_projections(scans.projections[0, 0].repeat(2, 1, 1), other, data / "scan.npz")
+    save_projections(scans.projections[0, 0].repeat(2, 1, 1)[:20], other, data / "scan.npz")
+    summary = _run(tmp_path, data, "per_scan")
+    (case,) = summary["cases"]
+    assert case["reconstructed_from"] == "measured projections" and case["shape"] == list(geometry.image_shape)
     with pytest.raises(Exception) as err:
-        _run(tmp_path, data, "per_scan")
-    cause = err.value if isinstance(err.value, ValueError) else err.value.__cause__
-    assert isinstance(cause, ValueError) and "geometry different" in str(cause), repr(err.value)
+        _run(tmp_path, data, "conditioned")
+    from monai_ext.workflows import root_cause
+
+    cause = root_cause(err.value)
+    assert isinstance(cause, ValueError) and "geometry different" in str(cause) and "20 views" in str(cause), repr(cause)
+
+
