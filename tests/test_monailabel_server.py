@@ -2,7 +2,7 @@
 
 The server runs in its own environment (.venv-monailabel, created here by scripts/setup_monailabel_env.sh when it
 is missing or outdated; pip must reach an index then). A studies folder holds a CT case (an attenuation image on
-the CT bundle's grid) and a PET volume (the PSMA bundle's built-in Q3P-like sphere phantom); the test calls
+the CT bundle's grid), its sinogram with a geometry sidecar (measured data) and a PET volume (the PSMA bundle's built-in Q3P-like sphere phantom); the test calls
 ``/infer/<bundle>`` for the CT reconstruction and the PSMA deblurring and checks the returned NIfTI images.
 """
 
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "scripts" / "monailabel_app"
@@ -29,7 +30,7 @@ SETUP = ROOT / "scripts" / "setup_monailabel_env.sh"
 VENV = ROOT / ".venv-monailabel"
 CT_BUNDLE = ROOT / "bundles" / "ct_learned_reconstruction"
 PSMA_BUNDLE = ROOT / "bundles" / "psma_pet_neural_blind_deconvolution"
-CT_ID, PET_ID = "ct_case", "pet_spheres"
+CT_ID, CT_SCAN_ID, PET_ID = "ct_case", "ct_scan", "pet_spheres"
 START_TIMEOUT_S, INFER_TIMEOUT_S = 300, 600
 
 
@@ -51,12 +52,14 @@ def test_overridable_options_leave_out_paths_and_expressions():
 
 
 def _servable_bundles() -> list[str]:
-    """Bundle folders with both configs whose inference config takes an input (dataset_dir or input_path)."""
+    """Bundle folders with both configs whose inference config takes an input (dataset_dir or input_path), less
+    those whose metadata says MONAI Label cannot serve them (``"monailabel": {"served": false, "why": ...}``)."""
     names = []
     for path in sorted((ROOT / "bundles").iterdir()):
         inference, meta = path / "configs" / "inference.json", path / "configs" / "metadata.json"
         if inference.is_file() and meta.is_file() and {"dataset_dir", "input_path"} & set(json.loads(inference.read_text())):
-            names.append(path.name)
+            if json.loads(meta.read_text()).get("monailabel", {}).get("served", True):
+                names.append(path.name)
     return names
 
 
@@ -64,8 +67,12 @@ def test_discover_bundles_serves_every_complete_bundle(tmp_path):
     bundles = _load_app_module("bundles")
     found = bundles.discover_bundles(ROOT / "bundles")
     assert [b.name for b in found] == _servable_bundles()
-    # every bundle of the repository is served (each inference.json takes an input)
-    assert [b.name for b in found] == sorted(p.name for p in (ROOT / "bundles").iterdir() if (p / "configs").is_dir())
+    # every bundle of the repository is served (each inference.json takes an input), but the dynamic PET one, whose
+    # exam folders a datastore of image files cannot hold: its metadata says so, and asking for it names why
+    every = sorted(p.name for p in (ROOT / "bundles").iterdir() if (p / "configs").is_dir())
+    assert [b.name for b in found] == [n for n in every if n != "dynamic_pet_deq_reconstruction"]
+    with pytest.raises(ValueError, match="not served by MONAI Label: its input is an exam folder"):
+        bundles.discover_bundles(ROOT / "bundles", ["dynamic_pet_deq_reconstruction"])
     ct = next(b for b in found if b.name == CT_BUNDLE.name)
     assert ct.version == json.loads((CT_BUNDLE / "configs" / "metadata.json").read_text())["version"]
     assert ct.input_id == "dataset_dir"
@@ -115,6 +122,13 @@ def studies(tmp_path_factory):
     shape, pixel = tuple(parser["image_shape"]), float(parser["pixel_size"])
     ct = ellipse_images(1, shape, pixel, seed=11)[0, 0].numpy()
     save_nifti(ct, folder / f"{CT_ID}.nii.gz", spacing=(pixel, pixel))
+    # a measured-data study: the CT bundle's noise-free sinogram of the same image, NIfTI with its geometry sidecar
+    from monai_ext.io import save_projections
+    from monai_ext.tomo import projector_for
+
+    geometry = parser.get_parsed_content("geometry")
+    sinogram = projector_for(geometry)(torch.from_numpy(ct)[None, None])[0, 0]
+    save_projections(sinogram, geometry, folder / f"{CT_SCAN_ID}.nii.gz")
     # the PSMA bundle's built-in example when the bundle is there (sized for a quick run), else the default phantom
     if (PSMA_BUNDLE / "configs" / "inference.json").is_file():
         parser = ConfigParser()
@@ -255,7 +269,7 @@ def test_server_lists_every_bundle_as_an_others_model(server):
         assert model["labels"] == [], name
     assert models[CT_BUNDLE.name]["config"]["method"]  # the bundle's options are offered to clients
     assert "dataset_dir" not in models[CT_BUNDLE.name]["config"]
-    assert server["info"]["datastore"]["total"] == 2
+    assert server["info"]["datastore"]["total"] == 3  # the sinogram's JSON sidecar is not a study
 
 
 @pytest.mark.slow
@@ -272,6 +286,20 @@ def test_ct_reconstruction_over_http(server, studies, tmp_path):
     assert psnr(image, reference) > 20.0
     assert result["bundle"] == CT_BUNDLE.name and result["shape"] == list(image.shape[::-1])
     assert result["case"]["name"] == CT_ID and result["case"]["psnr_db"] > 20.0
+
+
+@pytest.mark.slow
+def test_ct_measured_sinogram_study_over_http(server, studies, tmp_path):
+    """A study that is a sinogram (NIfTI) with its geometry sidecar beside it: the app hands both to the bundle,
+    which reconstructs the measured data (FBP here) and says so."""
+    from monai_ext.metrics import psnr
+
+    image, affine, result = _infer(server, CT_BUNDLE.name, CT_SCAN_ID, tmp_path, params={"method": "fbp"})
+    reference = studies["ct"]
+    assert image.shape == reference.shape and np.all(np.isfinite(image))
+    assert np.allclose(np.abs(np.diag(affine)[:2]), studies["ct_spacing"])
+    assert result["case"]["reconstructed_from"] == "measured projections", result["case"]
+    assert psnr(image, reference) > 12.0  # 5-view FBP of the noise-free sinogram of this image
 
 
 @pytest.mark.slow

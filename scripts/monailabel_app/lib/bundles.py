@@ -80,9 +80,13 @@ def overridable_options(config: dict) -> dict[str, Any]:
 def load_bundle(root: Path) -> BundleInfo:
     """Read a bundle's metadata and inference config.
 
+    A bundle whose input a MONAI Label datastore cannot hold says so in its metadata,
+    ``"monailabel": {"served": false, "why": "..."}``, and is not served.
+
     Raises:
         FileNotFoundError: ``configs/inference.json`` or ``configs/metadata.json`` is missing.
-        ValueError: either file is not valid JSON, or the inference config has none of ``INPUT_IDS``.
+        ValueError: either file is not valid JSON, the inference config has none of ``INPUT_IDS``, or the metadata
+            says the bundle is not served (with why).
     """
     root = Path(root).resolve()
     files = {name: root / "configs" / f"{name}.json" for name in ("inference", "metadata")}
@@ -95,6 +99,9 @@ def load_bundle(root: Path) -> BundleInfo:
         except json.JSONDecodeError as err:
             raise ValueError(f"bundle {root.name}: {path.relative_to(root)} is not valid JSON ({err}).") from err
     meta = content["metadata"]
+    serving = meta.get("monailabel", {})
+    if isinstance(serving, dict) and serving.get("served") is False:
+        raise ValueError(f"bundle {root.name} is not served by MONAI Label: {serving.get('why', 'its metadata says so')}")
     input_ids = [key for key in INPUT_IDS if key in content["inference"]]
     if not input_ids:
         raise ValueError(f"bundle {root.name}: configs/inference.json takes no input (none of {INPUT_IDS}).")
