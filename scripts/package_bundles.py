@@ -19,8 +19,11 @@ The zip holds the bundle folder (``<name>/configs``, ``docs``, ``models``, ``LIC
 archive only; the working tree is not modified). Archives are written atomically, with ordinary file permissions,
 and are byte-reproducible: the same bundle gives the same bytes (sorted entries, fixed time stamps and modes).
 
+Beside the zips, the wheel of ``monai_ext`` (distribution ``monai-recon-ext``, the name and version every bundle's
+``required_packages_version`` gives): ``pip install <wheel>`` on another machine, then unzip a bundle and run it.
+
 Usage:
-    python scripts/package_bundles.py [--bundles NAME ...] [--out dist] [--schema scripts/schema/meta_schema_20240725.json]
+    python scripts/package_bundles.py [--bundles NAME ...] [--out dist] [--schema scripts/schema/meta_schema_20240725.json] [--no-wheel]
 """
 
 from __future__ import annotations
@@ -208,12 +211,37 @@ def package_bundle(bundle: Path, out_dir: Path, schema_path: Path) -> Path:
     return target
 
 
+def build_wheel(out_dir: Path) -> Path:
+    """Build the wheel of ``monai_ext`` (distribution ``monai-recon-ext``, pure Python) into ``out_dir``, offline
+    (``pip wheel --no-deps --no-build-isolation``: the build uses the setuptools already installed); returns its path.
+
+    Raises:
+        RuntimeError: the build failed (pip's output is in the message).
+    """
+    import subprocess
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    name = project["name"].replace("-", "_")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".wheel-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "--disable-pip-version-check", "-w", tmp, str(ROOT)]
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
+        built = sorted(Path(tmp).glob(f"{name}-{project['version']}-*.whl"))
+        if result.returncode != 0 or len(built) != 1:
+            raise RuntimeError(f"building the {project['name']} wheel failed:\n{(result.stdout + result.stderr)[-3000:]}")
+        target = out_dir / built[0].name
+        os.replace(built[0], target)
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundles", nargs="*", help="bundle names (default: every folder under bundles/)")
     parser.add_argument("--out", default=str(ROOT / "dist"), help="output folder for the zips")
     parser.add_argument("--schema", default=str(DEFAULT_SCHEMA), help="MONAI metadata schema file (offline)")
     parser.add_argument("--check-networks", action="store_true", help="also run verify_net_in_out and ckpt_export")
+    parser.add_argument("--no-wheel", action="store_true", help="do not build the monai_ext wheel beside the zips")
     args = parser.parse_args(argv)
     names = args.bundles or sorted(p.name for p in (ROOT / "bundles").iterdir() if p.is_dir())
     failed = 0
@@ -233,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
                       f"ckpt_export {f'-> {exported}' if exported else 'n/a (no export_ckpt)'}")
         except Exception as err:  # a failed check of one bundle must not hide the others'
             print(f"{name}: {type(err).__name__}: {err}", file=sys.stderr)
+            failed += 1
+    if not args.no_wheel:
+        try:
+            print(f"monai_ext: wheel -> {build_wheel(Path(args.out))}")
+        except RuntimeError as err:
+            print(f"monai_ext: {err}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
 

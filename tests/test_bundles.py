@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+DISTRIBUTION = "monai-recon-ext"  # monai_ext's distribution name (pyproject.toml)
 SCHEMA = ROOT / "scripts" / "schema" / "meta_schema_20240725.json"  # vendored copy of the official schema
 BUNDLES = sorted(p for p in (ROOT / "bundles").iterdir() if p.is_dir())
 OFFICIAL_SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
@@ -27,7 +28,7 @@ def test_bundle_layout(bundle):
     meta = json.loads((bundle / "configs/metadata.json").read_text())
     assert meta["schema"] == OFFICIAL_SCHEMA_URL
     assert meta["version"] in meta["changelog"], "the changelog must describe the current version"
-    assert "monai_ext" in meta["required_packages_version"]
+    assert DISTRIBUTION in meta["required_packages_version"]
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
@@ -84,13 +85,16 @@ def test_inference_runs_on_builtin_example_from_any_directory(bundle, tmp_path):
 
 
 def test_bundles_require_the_monai_ext_of_this_checkout():
-    """Each bundle's metadata names the monai_ext version it was written against: this checkout's."""
+    """Each bundle's metadata names the monai_ext distribution (monai-recon-ext) and version it was written against:
+    this checkout's."""
     import tomllib
 
-    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    version = project["version"]
     import monai_ext
 
-    assert monai_ext.__version__ == version
+    assert monai_ext.__version__ == version and project["name"] == DISTRIBUTION
     for bundle in BUNDLES:
         meta = json.loads((bundle / "configs" / "metadata.json").read_text())
-        assert meta["required_packages_version"]["monai_ext"] == version, bundle.name
+        assert meta["required_packages_version"][DISTRIBUTION] == version, bundle.name
+        assert "monai_ext" not in meta["required_packages_version"], f"{bundle.name}: name the distribution, not the import package"

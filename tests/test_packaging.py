@@ -154,3 +154,26 @@ def test_pyproject_declares_every_third_party_package_monai_ext_imports():
     assert third_party >= {"torch", "numba", "pydicom"}  # the scan sees the package's imports
     missing = sorted(dist_of.get(name, name) for name in third_party if dist_of.get(name, name).lower() not in declared)
     assert not missing, f"pyproject.toml [project] dependencies lack {missing}"
+
+
+@pytest.mark.slow
+def test_wheel_of_monai_ext_names_the_distribution_the_bundles_require(tmp_path):
+    """package_bundles.py builds the wheel offline; its metadata gives the distribution name and version that every
+    bundle's required_packages_version names, the runtime dependencies of pyproject.toml, and the package files."""
+    import tomllib
+    import zipfile as zf
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wheel = package_bundles.build_wheel(tmp_path)
+    assert wheel.name.startswith(f"monai_recon_ext-{project['version']}-py3-none-any")
+    with zf.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        meta = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert f"Name: {project['name']}" in meta and f"Version: {project['version']}" in meta
+    for requirement in project["dependencies"]:
+        assert f"Requires-Dist: {requirement}" in meta, requirement
+    assert "monai_ext/__init__.py" in names and "monai_ext/tomo/adaptation.py" in names
+    assert not any(n.startswith(("tests/", "bundles/", "scripts/")) for n in names)
+    for bundle in sorted((ROOT / "bundles").iterdir()):
+        required = json.loads((bundle / "configs" / "metadata.json").read_text())["required_packages_version"]
+        assert required[project["name"]] == project["version"], bundle.name
