@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--per-scan-steps", type=int, nargs="+", default=[150, 300, 600])
     parser.add_argument("--conditioned-steps", type=int, nargs="+", default=[50, 100, 150])
     parser.add_argument("--conditioned-rays", type=int, nargs="+", default=[256, 512, 1024])
-    parser.add_argument("--backbone", default=str(BUNDLE / "models" / "backbone.pt"))
+    parser.add_argument("--backbone", default=str(BUNDLE / "models" / "model.pt"))
     parser.add_argument("--output", default=None, help="JSON path (default bench_results/neural_field_fits_<views>_<split>.json)")
     args = parser.parse_args()
 

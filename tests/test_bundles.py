@@ -98,3 +98,22 @@ def test_bundles_require_the_monai_ext_of_this_checkout():
         meta = json.loads((bundle / "configs" / "metadata.json").read_text())
         assert meta["required_packages_version"][DISTRIBUTION] == version, bundle.name
         assert "monai_ext" not in meta["required_packages_version"], f"{bundle.name}: name the distribution, not the import package"
+
+
+@pytest.mark.parametrize("name", ["ct_learned_reconstruction", "cbct_learned_primal_dual"])
+def test_monai_bundle_load_gives_the_default_network_with_models_model_pt_from_any_directory(name, tmp_path, monkeypatch):
+    """``monai.bundle.load`` (Model Zoo, MONAI Label) reads ``models/model.pt`` into ``network_def``; it works from
+    a folder other than the bundle's, and the weights are the committed ones."""
+    import warnings
+
+    import torch
+    from monai.bundle import load
+
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        network = load(name, bundle_dir=str(ROOT / "bundles"), device="cpu")
+    state = torch.load(ROOT / "bundles" / name / "models" / "model.pt", map_location="cpu", weights_only=True)
+    loaded = network.state_dict()
+    assert set(state) == set(loaded)
+    assert all(torch.equal(loaded[k].cpu(), v) for k, v in state.items())

@@ -115,13 +115,13 @@ def trained():
 
     parser = _parser()
     networks = parser.get_parsed_content("networks")
-    load_method_weights(networks, ["lpd", "invertible_lpd"], str(BUNDLE / "models"))
+    load_method_weights(networks, ["lpd", "invertible_lpd"], str(BUNDLE / "models"), model_method="lpd")
     return parser, networks
 
 
 def test_committed_weights_are_small_and_beat_fdk_on_held_out_phantoms(trained):
     parser, networks = trained
-    for name in ("lpd", "invertible_lpd"):
+    for name in ("model", "invertible_lpd"):  # model.pt: the default network, LPD
         assert (BUNDLE / "models" / f"{name}.pt").stat().st_size < 2_000_000
     geometry = parser.get_parsed_content("geometry")
     scans = cbct_scans("test", 2, geometry, parser.get_parsed_content("i0"))

@@ -37,7 +37,7 @@ def _parser(config: str = "inference.json", **overrides):
 def bundle():
     parser = _parser()
     networks = parser.get_parsed_content("networks")
-    load_method_weights(networks, LEARNED, str(BUNDLE / "models"))
+    load_method_weights(networks, LEARNED, str(BUNDLE / "models"), model_method="lpd")
     return parser, networks
 
 
@@ -51,9 +51,16 @@ def scores(bundle):
     return {"ellipses": ellipses, "real_ct": real}
 
 
+def parser_model_method() -> str:
+    return _parser()["model_method"]
+
+
 def test_committed_weights_are_small_and_load(bundle):
+    from monai_ext.workflows import weights_name
+
+    assert weights_name("lpd", parser_model_method()) == "model.pt"  # the default network is models/model.pt
     for name in LEARNED:
-        path = BUNDLE / "models" / f"{name}.pt"
+        path = BUNDLE / "models" / weights_name(name, "lpd")
         assert path.is_file(), f"missing trained weights {path}"
         assert path.stat().st_size < 3_000_000, f"{path.name} is {path.stat().st_size} bytes"
     weights = json.loads((BUNDLE / "models" / "variational_weights.json").read_text())

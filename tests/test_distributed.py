@@ -93,7 +93,7 @@ BUNDLES = {
             "train_args#n_steps": 4, "train_args#rays_per_step": 64, "train_args#n_samples": 8, "train_args#scans_per_step": 2,
         },
         "snapshot": _neural_field_overrides,
-        "output": "models/backbone.pt",
+        "output": "models/model.pt",
     },
     "dynamic_pet_deq_reconstruction": {
         "tiny": {

@@ -3,7 +3,7 @@
 What serves one bundle only (its runners, comparisons, tables and figures) lives in that bundle's ``scripts/``."""
 
 from .evaluation import evaluate_methods, hardware_name, reconstruct_all, references_of, write_comparison
-from .methods import check_choice, count_parameters, load_method_weights, select_method
+from .methods import check_choice, count_parameters, load_method_weights, select_method, weights_name
 from .case_geometry import CaseGeometryNetwork
 from .configs import bundle_module, config_content, use_bundle_scripts
 from .memory import measure_peak_memory, peak_resident_growth, release_freed_memory, resident_bytes
@@ -25,6 +25,7 @@ __all__ = [
     "check_choice",
     "select_method",
     "load_method_weights",
+    "weights_name",
     "count_parameters",
     "reconstruct_all",
     "evaluate_methods",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["check_choice", "select_method", "load_method_weights", "count_parameters"]
+__all__ = ["check_choice", "select_method", "weights_name", "load_method_weights", "count_parameters"]
 
 
 def check_choice(name: str, value, choices: Iterable) -> object:
@@ -41,14 +41,27 @@ def select_method(methods: Mapping[str, torch.nn.Module], method: str, known: It
     return methods[method]
 
 
-def load_method_weights(methods: Mapping[str, torch.nn.Module], names: Iterable[str], directory: str, device=None) -> dict:
-    """Load ``directory/<name>.pt`` (a state dict) into ``methods[name]`` for every name of ``names``.
+def weights_name(method: str, model_method: str | None = None) -> str:
+    """File name of a method's trained weights: ``model.pt`` for the bundle's default network (``model_method``),
+    the file the Model Zoo, ``monai.bundle load`` and MONAI Label look for; ``<method>.pt`` for the others.
+
+    Example:
+        >>> weights_name("lpd", "lpd"), weights_name("unrolled", "lpd")
+        ('model.pt', 'unrolled.pt')
+    """
+    return "model.pt" if model_method is not None and method == model_method else f"{method}.pt"
+
+
+def load_method_weights(methods: Mapping[str, torch.nn.Module], names: Iterable[str], directory: str, device=None,
+                        model_method: str | None = None) -> dict:
+    """Load each method's weights (a state dict, :func:`weights_name`) from ``directory`` into ``methods[name]``.
 
     Args:
         methods: modules by name.
         names: the methods that have trained weights.
         directory: folder of the ``.pt`` files.
         device: ``map_location`` for ``torch.load``.
+        model_method: the bundle's default network, whose weights are ``model.pt``.
 
     Returns:
         ``methods`` (for chaining in configs).
@@ -60,7 +73,7 @@ def load_method_weights(methods: Mapping[str, torch.nn.Module], names: Iterable[
     root = Path(directory)
     for name in names:
         check_choice("method", name, methods.keys())
-        path = root / f"{name}.pt"
+        path = root / weights_name(name, model_method)
         if not path.is_file():
             raise FileNotFoundError(f"trained weights for {name!r} not found at {path}; train them with configs/train.json --method {name}.")
         state = torch.load(path, map_location=device or "cpu", weights_only=True)
