@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.check_networks:
                 verified = verify_network(bundle)
                 exported = export_network(bundle, Path(args.out) / "torchscript")
-                print(f"{name}: verify_net_in_out {'passed' if verified else 'n/a (no network_def taking the metadata's image input)'}; "
+                print(f"{name}: verify_net_in_out {'passed' if verified else 'n/a (no network_def taking the metadata image input)'}; "
                       f"ckpt_export {f'-> {exported}' if exported else 'n/a (no export_ckpt)'}")
         except Exception as err:  # a failed check of one bundle must not hide the others'
             print(f"{name}: {type(err).__name__}: {err}", file=sys.stderr)
