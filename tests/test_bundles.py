@@ -117,3 +117,15 @@ def test_monai_bundle_load_gives_the_default_network_with_models_model_pt_from_a
     loaded = network.state_dict()
     assert set(state) == set(loaded)
     assert all(torch.equal(loaded[k].cpu(), v) for k, v in state.items())
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_docs_follow_the_model_zoo_readme_template(bundle):
+    """The sections of the Zoo's docs/readme_template.md, and a statement of which export works."""
+    text = (bundle / "docs" / "README.md").read_text()
+    headings = [line.strip() for line in text.splitlines() if line.startswith("#")]
+    for section in ("### **Authors**", "### **Tags**", "## Model Description", "## Data", "## Performance", "## System Configuration",
+                    "## Limitations", "## References", "## License"):
+        assert any(h == section or h.startswith(section + " ") for h in headings), f"{bundle.name}: no '{section}' section"
+    limitations = text.split("## Limitations", 1)[1].split("\n## ", 1)[0]
+    assert "**Export.**" in limitations, f"{bundle.name}: the Limitations section must say which export works"
