@@ -177,3 +177,36 @@ def test_wheel_of_monai_ext_names_the_distribution_the_bundles_require(tmp_path)
     for bundle in sorted((ROOT / "bundles").iterdir()):
         required = json.loads((bundle / "configs" / "metadata.json").read_text())["required_packages_version"]
         assert required[project["name"]] == project["version"], bundle.name
+
+
+@pytest.mark.slow
+def test_zips_run_on_a_machine_with_only_torch_monai_and_the_wheel(tmp_path):
+    """The distribution round trip: a fresh virtual environment gets torch (by its pin), then the monai_ext wheel
+    (which pulls MONAI and the other dependencies pyproject.toml declares; pip must reach an index), and nothing of
+    this checkout. Each bundle zip, unzipped into an empty folder, runs its inference there and reproduces the
+    repository's eval_metrics."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    wheel = package_bundles.build_wheel(tmp_path / "dist")
+    for args in (["torch==2.13.0"], [str(wheel)]):
+        result = subprocess.run(pip + args, capture_output=True, text=True, timeout=1800)
+        assert result.returncode == 0, f"pip install {args} failed (it needs a package index):\n{result.stderr[-3000:]}"
+    installed = subprocess.run([python, "-c", "import monai_ext, monai; print(monai_ext.__file__, monai.__version__)"],
+                               capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+    assert str(venv) in installed and str(ROOT) not in installed, installed
+    for bundle in BUNDLES:
+        archive = package_bundles.package_bundle(bundle, tmp_path / "dist", SCHEMA)
+        machine = tmp_path / "machine" / bundle.name
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(machine)
+        root, out = machine / bundle.name, machine / "out"
+        cmd = [python, "-m", "monai.bundle", "run", "--config_file", str(root / "configs" / "inference.json"), "--bundle_root", str(root),
+               "--output_dir", str(out)]
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd=machine, env={**env, "OMP_WAIT_POLICY": "PASSIVE"}, timeout=1200)
+        assert result.returncode == 0, f"{bundle.name}: {result.stderr[-3000:]}"
+        measured = json.loads((out / "summary.json").read_text())["mean_psnr_db"]
+        expected = json.loads((bundle / "configs" / "metadata.json").read_text())["eval_metrics"]["psnr_db_example"]
+        assert abs(measured - expected) <= 0.011, (bundle.name, measured, expected)

@@ -66,3 +66,27 @@ def test_json_layout_version_order_and_file_sizes_are_checked(tmp_path, monkeypa
     assert "is not the newest" in verify_bundles.check_version(bundle)[0]
     monkeypatch.setattr(verify_bundles, "MAX_KB", 1)
     assert any("models/brisque_svr.txt" in p for p in verify_bundles.check_file_sizes(bundle))
+
+
+def test_eval_metrics_check_compares_the_example_run(tmp_path, monkeypatch):
+    """``--run-examples`` compares the metadata's eval_metrics with the example's summary (run stubbed here by a
+    summary written as the run would), and refuses metadata without the figure."""
+    import subprocess
+
+    bundle = _copy("psma_pet_neural_blind_deconvolution", tmp_path)
+
+    def fake_run(cmd, **kwargs):
+        out = Path(cmd[cmd.index("--output_dir") + 1])
+        (out / "summary.json").write_text(json.dumps({"mean_psnr_db": 24.0}))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(verify_bundles.subprocess, "run", fake_run)
+    assert verify_bundles.check_eval_metrics(bundle) == ["eval_metrics psnr_db_example 25.01 but the example measures 24.0"]
+    meta_path = bundle / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["eval_metrics"] = {"psnr_db_example": 24.0}
+    meta_path.write_text(json.dumps(meta, indent=4) + "\n")
+    assert verify_bundles.check_eval_metrics(bundle) == []
+    meta["eval_metrics"] = {}
+    meta_path.write_text(json.dumps(meta, indent=4) + "\n")
+    assert verify_bundles.check_eval_metrics(bundle) == ["metadata eval_metrics has no psnr_db_example"]
