@@ -12,7 +12,9 @@ Network checks (``--check-networks``, Model Zoo CI style), per bundle where they
   ``image`` input, the network is built and run on a random input of that shape, and its output checked;
 - ``ckpt_export``: when ``inference.json`` names the weights to export in ``export_ckpt``, the network is traced
   to TorchScript (``models/model.ts`` in a temporary folder) and the export's output compared with the eager
-  network's on the same input.
+  network's on the same input;
+- ``torch.export``: the same network as an ``ExportedProgram`` (``<bundle>.pt2``), reloaded and compared likewise
+  (TorchScript is deprecated in torch 2.13; ``torch.export`` is its successor).
 
 The zip holds the bundle folder (``<name>/configs``, ``docs``, ``models``, ``LICENSE``, ``scripts`` if any) and a
 ``models/model_info.json`` listing the SHA-256 and size of every file under ``models/`` (written into the
@@ -158,6 +160,42 @@ def export_network(bundle: Path, out_dir: Path, atol: float = 1e-5) -> Path | No
     return target
 
 
+def export_program(bundle: Path, out_dir: Path, atol: float = 1e-5) -> Path | None:
+    """``torch.export`` of ``network_def`` with the weights ``export_ckpt`` (the successor of TorchScript, which torch
+    2.13 deprecates), saved as ``<bundle>.pt2``; the reloaded program must reproduce the eager network on a random
+    input of the metadata's shape. Returns None when the bundle names no ``export_ckpt``.
+
+    Raises:
+        BundleCheckError: the exported program differs from the network.
+    """
+    import torch
+    from monai.bundle import ConfigParser
+
+    if "export_ckpt" not in _inference_config(bundle):
+        return None
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser.read_meta(str(bundle / "configs" / "metadata.json"))
+    parser["bundle_root"] = str(bundle)
+    parser["device"] = "$torch.device('cpu')"
+    image = parser.get("_meta_#network_data_format#inputs#image")
+    shape = [1, image["num_channels"], *image["spatial_shape"]]
+    state = torch.load(parser.get_parsed_content("export_ckpt"), map_location="cpu", weights_only=True)
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(state["model"] if "model" in state else state)
+    net.eval()
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{bundle.name}.pt2"
+    with torch.no_grad():
+        program = torch.export.export(net, (x,))
+        torch.export.save(program, str(target))
+        expected, exported = net(x), torch.export.load(str(target)).module()(x)
+    if not torch.allclose(exported, expected, atol=atol, rtol=1e-4):
+        raise BundleCheckError(f"{bundle.name}: torch.export program differs from the network by {float((exported - expected).abs().max()):.3g}")
+    return target
+
+
 def model_info(bundle: Path) -> dict:
     """SHA-256 and size of every file under ``models/``."""
     files = {}
@@ -257,8 +295,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.check_networks:
                 verified = verify_network(bundle)
                 exported = export_network(bundle, Path(args.out) / "torchscript")
+                program = export_program(bundle, Path(args.out) / "torch_export")
                 print(f"{name}: verify_net_in_out {'passed' if verified else 'n/a (no network_def taking the metadata image input)'}; "
-                      f"ckpt_export {f'-> {exported}' if exported else 'n/a (no export_ckpt)'}")
+                      f"ckpt_export {f'-> {exported}' if exported else 'n/a (no export_ckpt)'}; "
+                      f"torch.export {f'-> {program}' if program else 'n/a (no export_ckpt)'}")
         except Exception as err:  # a failed check of one bundle must not hide the others'
             print(f"{name}: {type(err).__name__}: {err}", file=sys.stderr)
             failed += 1

@@ -15,7 +15,8 @@ Checks, per bundle (each prints ``PASS``/``FAIL`` with the reasons):
 - ``infer_ids`` / ``train_ids``: the ids of MONAI's ``InferProperties`` (``inference.json``) and
   ``TrainProperties`` (``train.json``, when the bundle trains) that MONAI marks required;
 - ``network``: ``verify_net_in_out`` when ``network_def`` takes the metadata's ``image`` input, and the traced
-  TorchScript export (``ckpt_export``) reproducing the eager network when ``inference.json`` names ``export_ckpt``;
+  TorchScript export (``ckpt_export``) and the ``torch.export`` program each reproducing the eager network when
+  ``inference.json`` names ``export_ckpt``;
 - ``eval_metrics`` (with ``--run-examples``): the metadata's ``eval_metrics`` equal what the built-in example
   measures with ``inference.json`` (to the rounding they are written with).
 
@@ -152,6 +153,7 @@ def check_network(bundle: Path) -> list[str]:
         package_bundles.verify_network(bundle)
         with tempfile.TemporaryDirectory() as tmp:
             package_bundles.export_network(bundle, Path(tmp))
+            package_bundles.export_program(bundle, Path(tmp))
     except Exception as err:  # verify_net_in_out and the export raise various types
         return [f"{type(err).__name__}: {err}"]
     return []

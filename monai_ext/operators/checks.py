@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["all_finite", "check_finite", "check_batched"]
+__all__ = ["all_finite", "check_finite", "check_batched", "exporting"]
+
+
+def exporting() -> bool:
+    """Whether the code runs under ``torch.jit.trace``, ``torch.export`` or ``torch.compile``: a graph is being
+    recorded, so data-dependent Python control flow (a check that reads a value) cannot run."""
+    return bool(torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.compiler.is_compiling())
 
 
 def all_finite(tensor: torch.Tensor) -> bool:
     """Whether ``tensor`` holds no NaN and no infinity, without a tensor-sized mask: its maximum and minimum are
-    finite exactly then (both propagate NaN)."""
-    if tensor.numel() == 0 or not tensor.is_floating_point():
+    finite exactly then (both propagate NaN). While a graph is recorded (:func:`exporting`) the value cannot be
+    read, and the check is left out of the exported program (it answers True)."""
+    if tensor.numel() == 0 or not tensor.is_floating_point() or exporting():
         return True
     return bool(torch.isfinite(tensor.amax()) & torch.isfinite(tensor.amin()))
 

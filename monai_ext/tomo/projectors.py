@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..operators import ExplicitAdjointOperator
-from ..operators.checks import all_finite, check_finite
+from ..operators.checks import all_finite, check_finite, exporting
 from ..deprecation import renamed_keyword
 from .geometry import ConeBeamGeometry, FanBeamGeometry, ParallelBeamGeometry
 from .joseph_cpu import HAS_NUMBA, cone_adjoint_cpu, cone_forward_cpu, cone_view_table, joseph_adjoint_cpu, joseph_forward_cpu
@@ -80,13 +80,13 @@ class JosephProjector(ExplicitAdjointOperator):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Line integrals ``A x`` of images ``x`` ``(B, C, *image_shape)``."""
-        if torch.jit.is_tracing():  # TorchScript export: a Python autograd op cannot be saved, tensor ops can
+        if exporting():  # TorchScript / torch.export: a Python autograd op cannot be saved, tensor ops can
             return self._traced_apply(x, adjoint=False)
         return super().forward(x)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """Exact transpose ``A^T y`` of projections ``y`` ``(B, C, n_angles, *detector_shape)``."""
-        if torch.jit.is_tracing():
+        if exporting():
             return self._traced_apply(y, adjoint=True)
         return super().adjoint(y)
 
