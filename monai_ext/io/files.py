@@ -172,8 +172,11 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110, **savefig_kwargs) 
     return Path(path)
 
 
-def save_png(image, path: str | os.PathLike, title: str | None = None, cmap: str = "gray", vmin=None, vmax=None) -> Path:
-    """Write a 2D image, or a list of ``(title, image)`` panels side by side, as PNG, atomically."""
+def save_png(image, path: str | os.PathLike, title: str | None = None, cmap: str = "gray", vmin=None, vmax=None, aspect=None) -> Path:
+    """Write a 2D image, or a list of ``(title, image)`` panels side by side, as PNG, atomically.
+
+    ``aspect``: height / width of a pixel (``dy / dx``), so that anisotropic pixels show their true proportions.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -183,7 +186,7 @@ def save_png(image, path: str | os.PathLike, title: str | None = None, cmap: str
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
     for ax, (name, panel) in zip(axes[0], panels):
         arr = _numpy(panel)
-        shown = ax.imshow(arr, cmap=cmap, vmin=vmin, vmax=vmax)
+        shown = ax.imshow(arr, cmap=cmap, vmin=vmin, vmax=vmax, aspect=aspect)
         ax.set_title(name, fontsize=9)
         ax.axis("off")
         fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)

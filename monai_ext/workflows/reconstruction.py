@@ -65,6 +65,14 @@ def _preview(volume: np.ndarray, orthogonal: bool = False) -> np.ndarray:
     return orthogonal_slices(volume) if orthogonal else volume[volume.shape[0] // 2]
 
 
+def _pixel_aspect(spacing, ndim: int, orthogonal: bool) -> float | None:
+    """``dy / dx`` of the previewed slice's pixels (the axial slice of a volume); None when unknown or mixed."""
+    if spacing is None or len(spacing) != ndim or (ndim == 3 and orthogonal):
+        return None
+    dy, dx = float(spacing[-2]), float(spacing[-1])
+    return dy / dx if dy > 0 and dx > 0 else None
+
+
 def orthogonal_slices(volume) -> np.ndarray:
     """The central axial, coronal and sagittal slices of a ``(nz, ny, nx)`` volume side by side (zero-padded)."""
     v = volume.detach().cpu().float().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume, np.float32)
@@ -132,7 +140,7 @@ class SaveReconstructiond(MapTransform):
             if ref is not None:
                 ref = _preview(_spatial(ref), self.orthogonal)
                 panels = [("reference", ref), *panels, ("|error|", np.abs(shown - ref))]
-            save_png(panels, self.output_dir / f"{name}_{self.suffix}.png")
+            save_png(panels, self.output_dir / f"{name}_{self.suffix}.png", aspect=_pixel_aspect(spacing, recon.ndim, self.orthogonal))
             d[f"{key}_file"] = str(nifti)
         return d
 
