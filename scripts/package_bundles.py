@@ -125,14 +125,12 @@ def verify_network(bundle: Path) -> bool:
     return True
 
 
-def export_network(bundle: Path, out_dir: Path, atol: float = 1e-5) -> Path | None:
-    """Trace ``network_def`` with the weights ``export_ckpt`` to TorchScript and check it reproduces the eager
-    network on a random input of the metadata's shape; returns the ``.ts`` path, None when not exportable."""
+def _trained_network(bundle: Path):
+    """``(network_def with the export_ckpt weights, in eval mode, on the CPU; a fixed random input of the metadata's
+    image shape; the checkpoint path; the key of the state in it)`` for the exports."""
     import torch
-    from monai.bundle import ConfigParser, ckpt_export
+    from monai.bundle import ConfigParser
 
-    if "export_ckpt" not in _inference_config(bundle):
-        return None
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.json"))
     parser.read_meta(str(bundle / "configs" / "metadata.json"))
@@ -143,20 +141,37 @@ def export_network(bundle: Path, out_dir: Path, atol: float = 1e-5) -> Path | No
     ckpt = parser.get_parsed_content("export_ckpt")
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     key = "model" if "model" in state else ""  # ignite's CheckpointSaver stores a lone object's state unwrapped
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(state[key] if key else state)
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+    return net.eval(), x, ckpt, key
+
+
+def _check_export(bundle: Path, what: str, exported, expected, atol: float) -> None:
+    import torch
+
+    if not torch.allclose(exported, expected, atol=atol, rtol=1e-4):
+        raise BundleCheckError(f"{bundle.name}: {what} differs from the network by {float((exported - expected).abs().max()):.3g}")
+
+
+def export_network(bundle: Path, out_dir: Path, atol: float = 1e-5) -> Path | None:
+    """Trace ``network_def`` with the weights ``export_ckpt`` to TorchScript and check it reproduces the eager
+    network on a random input of the metadata's shape; returns the ``.ts`` path, None when not exportable."""
+    import torch
+    from monai.bundle import ckpt_export
+
+    if "export_ckpt" not in _inference_config(bundle):
+        return None
+    net, x, ckpt, key = _trained_network(bundle)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{bundle.name}.ts"
     ckpt_export(
         net_id="network_def", filepath=str(target), ckpt_file=ckpt, meta_file=str(bundle / "configs" / "metadata.json"),
-        config_file=str(bundle / "configs" / "inference.json"), key_in_ckpt=key, use_trace=True, input_shape=shape,
+        config_file=str(bundle / "configs" / "inference.json"), key_in_ckpt=key, use_trace=True, input_shape=list(x.shape),
         bundle_root=str(bundle),
     )
-    net = parser.get_parsed_content("network_def")
-    net.load_state_dict(state[key] if key else state)
-    x = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected, exported = net.eval()(x), torch.jit.load(str(target)).eval()(x)
-    if not torch.allclose(exported, expected, atol=atol, rtol=1e-4):
-        raise BundleCheckError(f"{bundle.name}: TorchScript export differs from the network by {float((exported - expected).abs().max()):.3g}")
+        _check_export(bundle, "TorchScript export", torch.jit.load(str(target)).eval()(x), net(x), atol)
     return target
 
 
@@ -169,30 +184,15 @@ def export_program(bundle: Path, out_dir: Path, atol: float = 1e-5) -> Path | No
         BundleCheckError: the exported program differs from the network.
     """
     import torch
-    from monai.bundle import ConfigParser
 
     if "export_ckpt" not in _inference_config(bundle):
         return None
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
-    parser.read_meta(str(bundle / "configs" / "metadata.json"))
-    parser["bundle_root"] = str(bundle)
-    parser["device"] = "$torch.device('cpu')"
-    image = parser.get("_meta_#network_data_format#inputs#image")
-    shape = [1, image["num_channels"], *image["spatial_shape"]]
-    state = torch.load(parser.get_parsed_content("export_ckpt"), map_location="cpu", weights_only=True)
-    net = parser.get_parsed_content("network_def")
-    net.load_state_dict(state["model"] if "model" in state else state)
-    net.eval()
-    x = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+    net, x, _, _ = _trained_network(bundle)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{bundle.name}.pt2"
     with torch.no_grad():
-        program = torch.export.export(net, (x,))
-        torch.export.save(program, str(target))
-        expected, exported = net(x), torch.export.load(str(target)).module()(x)
-    if not torch.allclose(exported, expected, atol=atol, rtol=1e-4):
-        raise BundleCheckError(f"{bundle.name}: torch.export program differs from the network by {float((exported - expected).abs().max()):.3g}")
+        torch.export.save(torch.export.export(net, (x,)), str(target))
+        _check_export(bundle, "torch.export program", torch.export.load(str(target)).module()(x), net(x), atol)
     return target
 
 
