@@ -1,5 +1,6 @@
 """Seeded, in-memory data sets for reconstruction bundles (no download)."""
 
+from .case_tensors import case_tensors
 from .cbct_datasets import SCANS, CBCTScans, cbct_geometry, cbct_scans
 from .ct_datasets import (
     SPLIT_SEEDS,
@@ -25,4 +26,5 @@ __all__ = [
     "CBCTScans",
     "cbct_geometry",
     "cbct_scans",
+    "case_tensors",
 ]

@@ -82,12 +82,13 @@ class CTScans:
 
         Args:
             projections_key: key under which the sinogram is stored.
-            noise_free: store the noise-free line integrals instead of the noisy projections (to add fresh noise
-                with a random transform during training).
+            noise_free: store the noise-free line integrals instead of the noisy projections, marked
+                ``noise_free: True`` (``monai_ext.transforms.TransmissionNoised`` adds fresh noise in training).
         """
         source = self.line_integrals if noise_free else self.projections
+        marks = {"noise_free": True} if noise_free else {}
         return [
-            {"name": name, "reference": self.images[i], projections_key: source[i], "spacing": list(self.spacing)}
+            {"name": name, "reference": self.images[i], projections_key: source[i], "spacing": list(self.spacing), **marks}
             for i, name in enumerate(self.names)
         ]
 

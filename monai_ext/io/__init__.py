@@ -1,6 +1,7 @@
 """File input/output shared by the bundles: atomic NIfTI/PNG/JSON writers and projection files with sidecars."""
 
 from .datalists import cases_on_output_grid, input_files, tomography_cases
+from .training_sets import TrainingSet, read_geometry_file, training_geometry, training_set
 from .pet_dicom import PETSeries, read_pet_series, write_pet_series
 from .files import (
     atomic_path,
@@ -22,6 +23,10 @@ __all__ = [
     "tomography_cases",
     "cases_on_output_grid",
     "input_files",
+    "TrainingSet",
+    "training_set",
+    "training_geometry",
+    "read_geometry_file",
     "atomic_path",
     "save_nifti",
     "load_nifti",

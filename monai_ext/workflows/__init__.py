@@ -10,6 +10,7 @@ from .memory import measure_peak_memory, peak_resident_growth, release_freed_mem
 from .reconstruction import KeyedPrepareBatch, ReconstructionSummary, SaveReconstructiond, orthogonal_slices
 from .runs import announce_example, check_bundle_run, check_overrides, root_cause
 from .training import every_n_iterations, scaled_mse_loss
+from .training_runs import ProgressBar, attach_handlers, RunState, SaveBestModel, read_record, record_path, resume_checkpoint, run_geometry
 
 __all__ = [
     "check_bundle_run",
@@ -19,6 +20,14 @@ __all__ = [
     "CaseGeometryNetwork",
     "scaled_mse_loss",
     "every_n_iterations",
+    "RunState",
+    "attach_handlers",
+    "resume_checkpoint",
+    "SaveBestModel",
+    "record_path",
+    "read_record",
+    "run_geometry",
+    "ProgressBar",
     "KeyedPrepareBatch",
     "SaveReconstructiond",
     "ReconstructionSummary",

@@ -1,0 +1,244 @@
+"""What a training run needs beyond MONAI's engines: resumption that continues the same run (random states
+included), a record of what the model learned from beside its weights, inference that honours that record, and a
+progress bar.
+
+- :class:`RunState` goes into the trainer's checkpoint with the model, optimiser, scheduler and engine: a
+  resumed run draws the same shuffles and the same noise as the run it continues, so it reaches the same step with
+  the same loss.
+- :func:`resume_checkpoint` turns ``--resume true`` (the newest ``checkpoint_epoch=N.pt``) or an explicit path into
+  the file MONAI's ``CheckpointLoader`` loads.
+- :class:`SaveBestModel` writes the best weights and ``<weights>.training.json`` beside them (geometry, ``I0``,
+  data set, best validation metric); :func:`run_geometry` refuses to run weights at another geometry.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["RunState", "attach_handlers", "resume_checkpoint", "SaveBestModel", "record_path", "read_record", "run_geometry", "ProgressBar"]
+
+_CHECKPOINT = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+
+
+class RunState:
+    """What a resumed run needs beyond the model, optimiser, scheduler and engine, as a checkpointable object
+    (``state_dict``/``load_state_dict``): torch's, numpy's and Python's global generators (the data loader's
+    shuffle draws from torch's), the generator of every randomised transform given, and the evaluator's best
+    metric so far (so that a resumed run keeps the better model it had, not the first it validates).
+
+    Args:
+        transforms: MONAI transforms or a ``Compose``; the ``Randomizable`` ones (with an ``R``) are saved.
+        evaluator: the validation engine whose ``best_metric`` and ``best_metric_epoch`` are kept.
+    """
+
+    def __init__(self, transforms=(), evaluator=None) -> None:
+        items = getattr(transforms, "transforms", transforms) or ()
+        self.transforms = list(dict.fromkeys(t for t in _flatten(items) if hasattr(t, "R")))
+        self.evaluator = evaluator
+
+    def state_dict(self) -> dict:
+        best = (float(self.evaluator.state.best_metric), int(self.evaluator.state.best_metric_epoch)) if self.evaluator is not None else (0.0, -1)
+        return {
+            "best_metric": best[0],
+            "best_metric_epoch": best[1],
+            "torch": torch.get_rng_state(),
+            "numpy": _numpy_state(np.random.get_state()),
+            "python": _python_state(random.getstate()),
+            "transforms": [_numpy_state(t.R.get_state()) for t in self.transforms],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["transforms"]) != len(self.transforms):
+            raise ValueError(f"the checkpoint holds the random states of {len(state['transforms'])} transform(s); this run has "
+                             f"{len(self.transforms)}: resume with the configuration that wrote it.")
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(_numpy_tuple(state["numpy"]))
+        random.setstate((state["python"][0], tuple(int(v) for v in state["python"][1].tolist()), state["python"][2]))
+        for transform, saved in zip(self.transforms, state["transforms"]):
+            transform.R.set_state(_numpy_tuple(saved))
+        if self.evaluator is not None:
+            self.evaluator.state.best_metric = float(state["best_metric"])
+            self.evaluator.state.best_metric_epoch = int(state["best_metric_epoch"])
+
+
+def _flatten(items):
+    for item in items:
+        inner = getattr(item, "transforms", None)
+        if isinstance(inner, (list, tuple)):
+            yield from _flatten(inner)
+        else:
+            yield item
+            for attr in ("counts", "transform"):  # dictionary wrappers hold their array transform
+                if hasattr(getattr(item, attr, None), "R"):
+                    yield getattr(item, attr)
+
+
+def _numpy_state(state: tuple) -> dict:
+    # tensors and numbers only: MONAI loads checkpoints with torch.load(weights_only=True)
+    return {"keys": torch.from_numpy(np.asarray(state[1], dtype=np.int64)), "pos": int(state[2]), "has_gauss": int(state[3]), "gauss": float(state[4])}
+
+
+def _numpy_tuple(saved: dict) -> tuple:
+    return ("MT19937", saved["keys"].numpy().astype(np.uint32), saved["pos"], saved["has_gauss"], saved["gauss"])
+
+
+def _python_state(state: tuple) -> tuple:
+    return (state[0], torch.tensor(state[1], dtype=torch.int64), state[2])
+
+
+def attach_handlers(engine, handlers) -> None:
+    """Attach ``handlers`` to ``engine`` after it is built: those that hold the engine itself (a checkpoint of the
+    trainer's state, to resume from) cannot be among the handlers it is built with."""
+    for handler in handlers:
+        handler.attach(engine)
+
+
+def resume_checkpoint(resume, checkpoint_dir: str) -> str:
+    """The trainer checkpoint to resume from: ``""`` for ``resume`` false, the newest ``checkpoint_epoch=N.pt`` of
+    ``checkpoint_dir`` for true, or ``resume`` itself when it is a path.
+
+    Raises:
+        FileNotFoundError: ``resume`` is true and ``checkpoint_dir`` holds no checkpoint, or a path that does not
+            exist.
+    """
+    from monai_ext.flags import as_flag
+
+    if isinstance(resume, str) and resume.strip().lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off", ""):
+        if not Path(resume).is_file():
+            raise FileNotFoundError(f"resume names {resume}, which does not exist; give a trainer checkpoint (checkpoint_epoch=N.pt) or true.")
+        return str(resume)
+    if resume == "" or not as_flag(resume, "resume"):
+        return ""
+    found = sorted((int(m.group(1)), p) for p in Path(checkpoint_dir).glob("*checkpoint_epoch=*.pt") if (m := _CHECKPOINT.search(p.name)))
+    if not found:
+        raise FileNotFoundError(f"--resume true, but {checkpoint_dir} holds no trainer checkpoint (checkpoint_epoch=N.pt): "
+                                "start without --resume, or give the checkpoint's path.")
+    return str(found[-1][1])
+
+
+def record_path(weights_file: str) -> Path:
+    """``models/model.pt`` -> ``models/model.training.json``."""
+    path = Path(weights_file)
+    return path.with_name(path.stem + ".training.json")
+
+
+def read_record(weights_file: str) -> dict | None:
+    """The training record beside ``weights_file``, or ``None`` when it has none.
+
+    Raises:
+        ValueError: the record is not valid JSON or lacks its geometry.
+    """
+    path = record_path(weights_file)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"training record {path} is not valid JSON: {err}") from err
+    if not isinstance(record, dict) or "geometry" not in record:
+        raise ValueError(f"training record {path} lacks the 'geometry' its weights were trained at.")
+    return record
+
+
+class SaveBestModel:
+    """An evaluator handler that keeps the best model and what it learned from: each time the key metric improves,
+    the network's weights go to ``weights_file`` (a plain state dict, as MONAI's ``CheckpointSaver`` writes a lone
+    object) and ``<weights>.training.json`` beside it records the geometry, ``i0``, the data set's summary, the
+    metric and the settings. Both are written atomically. It follows the evaluator's ``best_metric``, which
+    :class:`RunState` restores on resumption: a resumed run never replaces a better model with a worse one.
+
+    Args:
+        network: the trained network (a ``DistributedDataParallel`` wrapper is unwrapped).
+        weights_file: where the best weights go.
+        geometry: the training geometry.
+        i0: photons per detector pixel of the simulated scans (``None``: noise-free).
+        dataset: the data set's summary (``monai_ext.io.TrainingSet.summary()`` or the built-in phantoms').
+        settings: anything else to keep (method, epochs, batch size, learning rate).
+    """
+
+    def __init__(self, network, weights_file: str, geometry, i0, dataset: dict, settings: dict | None = None) -> None:
+        self.network = network
+        self.weights_file = str(weights_file)
+        self.geometry, self.i0, self.dataset, self.settings = geometry, i0, dict(dataset), dict(settings or {})
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        from monai_ext.io.files import atomic_path, geometry_to_dict, save_json
+
+        if engine.state.best_metric_epoch != engine.state.epoch:
+            return
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+            return
+        network = getattr(self.network, "module", self.network)
+        Path(self.weights_file).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.weights_file, suffix=".pt") as tmp:
+            torch.save(network.state_dict(), tmp)
+        record = {
+            "weights": Path(self.weights_file).name,
+            "geometry": geometry_to_dict(self.geometry),
+            "i0": None if self.i0 is None else float(self.i0),
+            "dataset": self.dataset,
+            "validation": {"metric": engine.state.key_metric_name, "value": float(engine.state.best_metric), "epoch": int(engine.state.epoch)},
+            "training": self.settings,
+            "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        save_json(record, record_path(self.weights_file))
+
+
+def run_geometry(geometry, geometry_file: str = "", weights_file: str = ""):
+    """The geometry an inference run reconstructs at: ``geometry_file``'s if given, else the config's ``geometry``,
+    checked against the training record of ``weights_file`` when it has one.
+
+    Raises:
+        ValueError: the weights were trained at another geometry (both are named, and how to run at theirs).
+    """
+    from monai_ext.io.files import geometry_from_dict
+    from monai_ext.io.training_sets import read_geometry_file
+    from monai_ext.tomo.adaptation import describe_geometry, same_geometry
+
+    chosen = read_geometry_file(geometry_file) if geometry_file else geometry
+    if type(chosen) is not type(geometry):
+        raise ValueError(f"geometry_file {geometry_file} describes a {describe_geometry(chosen)} scan; this bundle reconstructs {type(geometry).__name__} scans.")
+    record = read_record(weights_file) if weights_file else None
+    if record is not None:
+        trained = geometry_from_dict(record["geometry"])
+        if not same_geometry(trained, chosen):
+            source = f"geometry_file {geometry_file}" if geometry_file else "the config"
+            raise ValueError(f"{Path(weights_file).name} was trained at {describe_geometry(trained)}, and this run's geometry ({source}) is "
+                             f"{describe_geometry(chosen)}: run with --geometry_file {record_path(weights_file)} to reconstruct at the "
+                             "training geometry (add --resample true for images on another grid).")
+    return chosen
+
+
+class ProgressBar:
+    """A tqdm progress bar over an engine's iterations (ignite's), showing the loss; ``enabled=False`` attaches none."""
+
+    def __init__(self, enabled=True, loss_key: str = "loss") -> None:
+        from monai_ext.flags import as_flag
+
+        self.enabled = as_flag(enabled, "progress")
+        self.loss_key = loss_key
+
+    def attach(self, engine) -> None:
+        if not self.enabled:
+            return
+        from ignite.handlers import ProgressBar as IgniteProgressBar
+
+        key = self.loss_key
+
+        def loss(output):
+            first = output[0] if isinstance(output, (list, tuple)) else output
+            return {key: float(first[key])} if isinstance(first, dict) and key in first else {}
+
+        IgniteProgressBar(persist=False).attach(engine, output_transform=loss)

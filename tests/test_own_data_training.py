@@ -1,0 +1,300 @@
+"""Training on a user's own data at the user's geometry (issue 20); ``pytest -k own_data`` selects these.
+
+Each data set is generated here in the layout a user gives (``training/`` and ``validation/`` folders of NIfTI
+images with their spacing, and a geometry JSON), and trained through the bundle's ``train.json`` as
+``monai.bundle run`` would. The checks:
+
+- a bad data set stops the run before the first step, with a message naming the file and the problem;
+- a run interrupted after an epoch and resumed with ``resume=true`` takes the same steps with the same losses and
+  ends with the same weights as the run that was never interrupted;
+- the trained weights carry a record of their geometry, ``I0`` and data set, and inference refuses another
+  geometry unless given the record's;
+- (slow) the learned primal-dual network trained for a few minutes on 2 cores beats FBP/FDK on held-out cases by
+  at least 3 dB, at a geometry unlike the bundle's: CT 96 x 96 at 2.5 mm with 12 views, CBCT 24^3 at 6 mm with
+  10 views.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from bundle_config import bundle_parser
+
+from monai_ext.io import geometry_to_dict, save_nifti, training_set
+
+ROOT = Path(__file__).resolve().parents[1]
+CT = ROOT / "bundles" / "ct_learned_reconstruction"
+CBCT = ROOT / "bundles" / "cbct_learned_primal_dual"
+
+torch.set_num_threads(2)
+
+
+def _write_cases(images: torch.Tensor, folder: Path, spacing, prefix: str = "case") -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return [save_nifti(image[0].numpy(), folder / f"{prefix}{i:03d}.nii.gz", spacing=list(spacing)) for i, image in enumerate(images)]
+
+
+def _ct_geometry(shape, spacing, n_views):
+    from monai_ext.tomo import ParallelBeamGeometry, uniform_angles
+
+    return ParallelBeamGeometry(tuple(shape), spacing, uniform_angles(n_views), shape[-1], spacing)
+
+
+def _ct_dataset(root: Path, n_train: int, n_val: int, shape=(96, 96), spacing=2.5, n_views=12, seed=7) -> Path:
+    from monai_ext.data import ellipse_images
+
+    images = ellipse_images(n_train + n_val, shape, spacing, seed=seed)
+    _write_cases(images[:n_train], root / "training", (spacing, spacing))
+    _write_cases(images[n_train:], root / "validation", (spacing, spacing), prefix="val")
+    (root / "geometry.json").write_text(json.dumps({"geometry": geometry_to_dict(_ct_geometry(shape, spacing, n_views))}))
+    return root
+
+
+def _trainer(bundle: Path, dataset: Path, out: Path, **overrides):
+    """The bundle's trainer built from ``train.json`` for ``dataset``, with its resumption handlers attached (the
+    first ``run`` expression), and the losses it takes recorded as ``trainer.losses`` ``[(iteration, loss)]``."""
+    from ignite.engine import Events
+
+    settings = {"dataset_dir": str(dataset), "geometry_file": str(dataset / "geometry.json"), "output_dir": str(out), "progress": False}
+    parser = bundle_parser(bundle, "train.json", **{**settings, **overrides})
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("run#0")
+    trainer = parser.get_parsed_content("train#trainer")
+    trainer.losses = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: e.losses.append((e.state.iteration, float(e.state.output[0]["loss"]))))
+    return parser, trainer
+
+
+def _stop_after(trainer, epoch: int) -> None:
+    """Interrupt ``trainer`` at the end of ``epoch``, after its checkpoint is written (as a killed run would be)."""
+    from ignite.engine import Events
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED(once=epoch), lambda e: e.terminate())
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def _weights(parser) -> dict:
+    return {k: v.clone() for k, v in parser.get_parsed_content("network").state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------------------------- bad data
+
+
+def _bad_dataset(kind: str, root: Path) -> tuple[Path, str, str]:
+    """A data set with one defect; returns ``(dataset_dir, geometry_file, words the error must contain)``."""
+    from monai_ext.data import ellipse_images
+
+    images = ellipse_images(4, (32, 32), 5.0, seed=1)
+    _write_cases(images[:3], root / "training", (5.0, 5.0))
+    _write_cases(images[3:], root / "validation", (5.0, 5.0), prefix="val")
+    geometry = root / "geometry.json"
+    geometry.write_text(json.dumps({"geometry": geometry_to_dict(_ct_geometry((32, 32), 5.0, 6))}))
+    if kind == "mismatched_shapes":
+        save_nifti(ellipse_images(1, (40, 40), 5.0)[0, 0].numpy(), root / "training" / "case001.nii.gz", spacing=[5.0, 5.0])
+        return root, "", "case001.nii.gz"
+    if kind == "spacing_disagrees":
+        save_nifti(images[1, 0].numpy(), root / "training" / "case001.nii.gz", spacing=[4.0, 4.0])
+        return root, str(geometry), "disagrees"
+    if kind == "empty_validation":
+        for path in (root / "validation").iterdir():
+            path.unlink()
+        return root, str(geometry), "validation list is empty"
+    if kind == "missing_reference":
+        from monai_ext.io import save_projections
+
+        save_projections(torch.zeros(6, 32), _ct_geometry((32, 32), 5.0, 6), root / "training" / "scan.npz")
+        return root, str(geometry), "scan_reference.nii.gz"
+    if kind == "nan":
+        import nibabel as nib
+
+        bad = images[2, 0].numpy().T.copy()  # NIfTI (x, y) order; our writer refuses NaN, a user's may not
+        bad[5, 5] = np.nan
+        nib.save(nib.Nifti1Image(bad, np.diag([5.0, 5.0, 1.0, 1.0])), str(root / "training" / "case002.nii.gz"))
+        return root, str(geometry), "case002.nii.gz"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["mismatched_shapes", "spacing_disagrees", "empty_validation", "missing_reference", "nan"])
+def test_own_data_bad_dataset_stops_before_training(kind, tmp_path):
+    dataset, geometry_file, words = _bad_dataset(kind, tmp_path / "data")
+    parser = bundle_parser(CT, "train.json", dataset_dir=str(dataset), geometry_file=geometry_file, output_dir=str(tmp_path / "out"))
+    parser.get_parsed_content("initialize")
+    with pytest.raises(RuntimeError) as info:
+        parser.get_parsed_content("train#trainer")
+    cause = _root_cause(info.value)
+    assert isinstance(cause, (ValueError, FileNotFoundError)) and words in str(cause), str(cause)
+    assert not (tmp_path / "out").exists()  # nothing was trained or written
+
+
+def test_own_data_datalist_json_and_flat_folder(tmp_path):
+    """The same cases given as a MONAI datalist JSON, or as a flat folder split by name, give the same data set."""
+    from monai_ext.data import ellipse_images
+
+    images = ellipse_images(5, (32, 32), 5.0, seed=2)
+    paths = _write_cases(images, tmp_path / "flat", (5.0, 5.0))
+    bundle = _ct_geometry((64, 64), 4.0, 5)
+    flat = training_set(str(tmp_path / "flat"), bundle)
+    assert [Path(c["reference"]).name for c in flat.validation] == ["case004.nii.gz"]
+    listing = tmp_path / "datalist.json"
+    listing.write_text(json.dumps({"training": [{"image": f"flat/{p.name}"} for p in paths[:4]], "validation": [{"image": f"flat/{paths[4].name}"}]}))
+    listed = training_set(str(listing), bundle)
+    assert [c["reference"] for c in listed.training] == [c["reference"] for c in flat.training]
+    # the bundle's views carried over to the images' grid
+    assert listed.geometry.image_shape == (32, 32) and listed.geometry.pixel_size == (5.0, 5.0) and len(listed.geometry.angles) == 5
+    assert listed.summary()["n_training"] == 4 and listed.summary()["spacing_mm"] == [5.0, 5.0]
+
+
+# ------------------------------------------------------------------------------------------------------- resumption
+
+
+def test_own_data_resumed_run_continues_with_the_same_steps_and_losses(tmp_path):
+    """3 epochs uninterrupted vs. 1 epoch, interrupted, then ``resume=true``: the resumed run starts at the step
+    after the checkpoint and takes the same steps with bitwise the same losses, and ends with the same weights."""
+    dataset = _ct_dataset(tmp_path / "data", n_train=12, n_val=2, shape=(32, 32), spacing=5.0, n_views=6)
+    small = {"training_settings#lpd#max_epochs": 3, "training_settings#lpd#batch_size": 4}
+
+    parser, trainer = _trainer(CT, dataset, tmp_path / "whole", **small)
+    trainer.run()
+    whole, whole_weights = trainer.losses, _weights(parser)
+    assert [i for i, _ in whole] == list(range(1, 10))
+
+    parser, trainer = _trainer(CT, dataset, tmp_path / "cut", **small)
+    _stop_after(trainer, 1)
+    trainer.run()
+    assert trainer.losses == whole[:3]
+    assert (tmp_path / "cut" / "checkpoints" / "checkpoint_epoch=1.pt").is_file()
+
+    parser, trainer = _trainer(CT, dataset, tmp_path / "cut", resume=True, **small)
+    trainer.run()
+    assert trainer.losses == whole[3:]
+    resumed = _weights(parser)
+    assert all(torch.equal(resumed[k], whole_weights[k]) for k in whole_weights)
+
+    record = json.loads((tmp_path / "cut" / "models" / "model.training.json").read_text())
+    assert record["dataset"]["n_training"] == 12 and record["dataset"]["spacing_mm"] == [5.0, 5.0]
+    assert record["geometry"] == json.loads((dataset / "geometry.json").read_text())["geometry"]
+    assert record["i0"] == 1e4 and record["validation"]["metric"] == "val_psnr"
+
+
+def test_own_data_resume_without_a_checkpoint_is_an_error(tmp_path):
+    dataset = _ct_dataset(tmp_path / "data", n_train=4, n_val=1, shape=(32, 32), spacing=5.0, n_views=6)
+    parser = bundle_parser(CT, "train.json", dataset_dir=str(dataset), output_dir=str(tmp_path / "out"), resume="true", progress=False)
+    with pytest.raises(RuntimeError) as info:
+        parser.get_parsed_content("run")
+    assert "--resume true, but" in str(_root_cause(info.value)) and "holds no trainer checkpoint" in str(_root_cause(info.value))
+
+
+# ------------------------------------------------------------------------------------ inference honours the record
+
+
+def test_own_data_inference_refuses_another_geometry_than_the_record(tmp_path):
+    from monai_ext.workflows import run_geometry
+    from monai_ext.io import read_geometry_file
+
+    dataset = _ct_dataset(tmp_path / "data", n_train=4, n_val=1, shape=(32, 32), spacing=5.0, n_views=6)
+    parser, trainer = _trainer(CT, dataset, tmp_path / "out", **{"training_settings#lpd#max_epochs": 1})
+    trainer.run()
+    weights = tmp_path / "out" / "models" / "model.pt"
+    record = weights.with_name("model.training.json")
+    bundle_geometry = bundle_parser(CT).get_parsed_content("bundle_geometry")
+    with pytest.raises(ValueError, match="was trained at parallel beam: 32 x 32 at 5 mm, 6 views"):
+        run_geometry(bundle_geometry, "", str(weights))
+    assert run_geometry(bundle_geometry, str(record), str(weights)) == read_geometry_file(dataset / "geometry.json")
+    # and through inference.json: the trained network reconstructs a held-out image at its geometry
+    (tmp_path / "test").mkdir()
+    _write_cases(torch.rand(1, 1, 32, 32) * 0.02, tmp_path / "test", (5.0, 5.0))
+    infer = bundle_parser(CT, dataset_dir=str(tmp_path / "test"), weights_dir=str(weights.parent), geometry_file=str(record), output_dir=str(tmp_path / "inf"))
+    infer.get_parsed_content("initialize")
+    infer.get_parsed_content("run")
+    summary = json.loads((tmp_path / "inf" / "summary.json").read_text())
+    assert summary["cases"][0]["shape"] == [32, 32] and summary["cases"][0]["spacing_mm"] == [5.0, 5.0]
+
+
+# -------------------------------------------------------------------------------------- trained LPD beats FBP / FDK
+
+
+def _infer_psnr(bundle: Path, test_dir: Path, out: Path, **overrides) -> float:
+    parser = bundle_parser(bundle, dataset_dir=str(test_dir), output_dir=str(out), **overrides)
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("run")
+    cases = json.loads((out / "summary.json").read_text())["cases"]
+    return float(np.mean([c["psnr_db"] for c in cases]))
+
+
+def _train_interrupted_and_resumed(bundle: Path, dataset: Path, out: Path, stop_epoch: int, **overrides) -> tuple[list, list]:
+    """Train, interrupted after ``stop_epoch`` and resumed to the end; returns both runs' losses."""
+    _, first = _trainer(bundle, dataset, out, **overrides)
+    _stop_after(first, stop_epoch)
+    first.run()
+    _, second = _trainer(bundle, dataset, out, resume=True, **overrides)
+    second.run()
+    return first.losses, second.losses
+
+
+@pytest.mark.slow
+def test_own_data_ct_lpd_beats_fbp_at_the_users_geometry(tmp_path):
+    """CT 96 x 96 at 2.5 mm, 12 views, I0 1e4: 200 training images, 8 epochs of batch 4 (about 2 minutes on 2
+    cores, interrupted after epoch 4 and resumed); on 4 held-out images LPD 27.8 dB vs FBP 22.5 dB when written."""
+    dataset = _ct_dataset(tmp_path / "data", n_train=200, n_val=8)
+    first, second = _train_interrupted_and_resumed(CT, dataset, tmp_path / "out", 4, **{"training_settings#lpd#max_epochs": 8,
+                                                                                       "training_settings#lpd#batch_size": 4})
+    assert first[-1][0] == 200 and second[0][0] == 201 and second[-1][0] == 400
+    from monai_ext.data import ellipse_images
+
+    _write_cases(ellipse_images(4, (96, 96), 2.5, seed=5000), tmp_path / "test", (2.5, 2.5), prefix="test")
+    models = tmp_path / "out" / "models"
+    record = str(models / "model.training.json")
+    lpd = _infer_psnr(CT, tmp_path / "test", tmp_path / "lpd", weights_dir=str(models), geometry_file=record)
+    fbp = _infer_psnr(CT, tmp_path / "test", tmp_path / "fbp", method="fbp", geometry_file=record)
+    print(f"CT own data: LPD {lpd:.2f} dB, FBP {fbp:.2f} dB")
+    assert lpd >= fbp + 3.0, (lpd, fbp)
+
+
+def _thorax_volumes(n: int, shape=(24, 24, 24), spacing=6.0, first_seed: int = 0) -> tuple[torch.Tensor, int]:
+    """``n`` thorax phantoms rasterised on the grid, from seed ``first_seed`` on; returns them and the next seed.
+
+    Seeds whose rasterised phantom has negative attenuation are passed over (``thorax_phantom`` adds ellipsoids,
+    and for some seeds a lung's negative increment reaches past the body's soft tissue, e.g. seed 3: a phantom
+    defect noted in issue 21, which a training set of the user's must not contain)."""
+    from monai_ext.phantoms import thorax_phantom
+
+    volumes, seed = [], first_seed
+    while len(volumes) < n:
+        volume = thorax_phantom(shape[-1] * spacing, seed=seed).rasterize(tuple(shape), (spacing,) * 3, supersample=2)
+        seed += 1
+        if float(volume.min()) >= 0:
+            volumes.append(volume[None])
+    return torch.stack(volumes), seed
+
+
+@pytest.mark.slow
+def test_own_data_cbct_lpd_beats_fdk_at_the_users_geometry(tmp_path):
+    """CBCT 24^3 at 6 mm, 10 views of a 24 x 24 panel, I0 1e5: 30 training volumes, 4 epochs of batch 1 (about 75 s
+    on 2 cores, interrupted after epoch 2 and resumed); on 3 held-out volumes LPD beat FDK by about 8 dB when
+    written (40 volumes, 10 epochs: LPD 29.3 dB, FDK 20.5 dB)."""
+    from monai_ext.data import cbct_geometry
+
+    volumes, seed = _thorax_volumes(33)
+    test_volumes, _ = _thorax_volumes(3, first_seed=seed + 100)
+    data = tmp_path / "data"
+    _write_cases(volumes[:30], data / "training", (6.0,) * 3)
+    _write_cases(volumes[30:], data / "validation", (6.0,) * 3, prefix="val")
+    _write_cases(test_volumes, tmp_path / "test", (6.0,) * 3, prefix="test")
+    (data / "geometry.json").write_text(json.dumps({"geometry": geometry_to_dict(cbct_geometry(10, (24, 24, 24), 6.0, (24, 24)))}))
+    first, second = _train_interrupted_and_resumed(CBCT, data, tmp_path / "out", 2, max_epochs=4)
+    assert first[-1][0] == 60 and second[0][0] == 61 and second[-1][0] == 120
+    models = tmp_path / "out" / "models"
+    record = str(models / "model.training.json")
+    lpd = _infer_psnr(CBCT, tmp_path / "test", tmp_path / "lpd", weights_dir=str(models), geometry_file=record)
+    fdk = _infer_psnr(CBCT, tmp_path / "test", tmp_path / "fdk", method="fdk", geometry_file=record)
+    print(f"CBCT own data: LPD {lpd:.2f} dB, FDK {fdk:.2f} dB")
+    assert lpd >= fdk + 3.0, (lpd, fdk)
