@@ -52,7 +52,7 @@ def _neural_field_overrides(out: Path) -> dict:
         "test_backbone": f"$monai_ext.fields.ModulatedAttenuationField({box}, **@backbone_args)",
         "run": [
             f"$torch.save(@test_backbone.state_dict(), {rank_file} + '_initial.pt')",
-            "$monai_ext.fields.train_backbone(@geometry, @train_scans.projections, @backbone_file, None, @train_args, @device, "
+            "$monai_ext.fields.train_backbone(@geometry, @train_projections, @backbone_file, None, @train_args, @device, "
             "@progress, backbone=@test_backbone)",
             f"$torch.save(@test_backbone.state_dict(), {rank_file} + '_final.pt')",
         ],

@@ -150,7 +150,7 @@ def test_backbone_training_round_trip_and_reconstruction_module(small_case, tmp_
     path = tmp_path / "backbone.pt"
     backbone_args = {"latent_channels": 2, "modulation_resolution": 4, "encoding_args": {"n_levels": 2, "features_per_level": 2, "base_resolution": 4, "finest_resolution": 8}, "hidden": 8}
     record = train_backbone(geometry, projections.expand(2, -1, -1, -1, -1), str(path), backbone_args, {"n_steps": 3, "scans_per_step": 2, "rays_per_step": 64, "n_samples": 8}, progress=False)
-    assert record["n_scans"] == 2 and (tmp_path / "backbone_training.json").is_file()
+    assert record["n_scans"] == 2 and (tmp_path / "backbone.training.json").is_file()
     backbone = load_backbone(str(path))
     assert backbone.config["latent_channels"] == 2 and not any(p.requires_grad for p in backbone.parameters())
     recon = NeuralFieldReconstruction(geometry, "conditioned", backbone_file=str(path), n_steps=2, rays_per_step=64, n_samples=8, output_shape=(8, 12, 10), progress=False)

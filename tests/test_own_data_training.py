@@ -298,3 +298,101 @@ def test_own_data_cbct_lpd_beats_fdk_at_the_users_geometry(tmp_path):
     fdk = _infer_psnr(CBCT, tmp_path / "test", tmp_path / "fdk", method="fdk", geometry_file=record)
     print(f"CBCT own data: LPD {lpd:.2f} dB, FDK {fdk:.2f} dB")
     assert lpd >= fdk + 3.0, (lpd, fdk)
+
+
+# ------------------------------------------------------------------------------- neural-field backbone, DEQ learning
+
+NF = ROOT / "bundles" / "cbct_neural_field"
+DEQ = ROOT / "bundles" / "dynamic_pet_deq_reconstruction"
+
+
+def test_own_data_neural_field_backbone_trains_at_the_users_geometry(tmp_path):
+    """One short run of the conditioned field's backbone on three volumes of 16^3 at 10 mm scanned with 8 views:
+    the weights and their record (geometry, I0, data set) are written, and inference with them refuses the
+    bundle's geometry and runs at the record's."""
+    from monai_ext.data import cbct_geometry
+
+    volumes, _ = _thorax_volumes(4, shape=(16, 16, 16), spacing=10.0)
+    data = tmp_path / "data"
+    _write_cases(volumes[:3], data / "training", (10.0,) * 3)
+    _write_cases(volumes[3:], data / "validation", (10.0,) * 3, prefix="val")
+    (data / "geometry.json").write_text(json.dumps({"geometry": geometry_to_dict(cbct_geometry(8, (16, 16, 16), 10.0, (16, 16)))}))
+    out = tmp_path / "out"
+    parser = bundle_parser(NF, "train.json", dataset_dir=str(data), geometry_file=str(data / "geometry.json"), output_dir=str(out), progress=False,
+                           **{"train_args#n_steps": 3, "train_args#scans_per_step": 2, "train_args#rays_per_step": 64})
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("run")
+    record = json.loads((out / "models" / "model.training.json").read_text())
+    assert record["n_scans"] == 3 and record["dataset"]["n_training"] == 3 and record["dataset"]["spacing_mm"] == [10.0] * 3
+    assert record["geometry"]["image_shape"] == [16, 16, 16] and len(record["geometry"]["angles"]) == 8 and record["i0"] == 1e5
+    backbone = str(out / "models" / "model.pt")
+    infer = bundle_parser(NF, backbone_file=backbone, output_dir=str(tmp_path / "inf"), progress=False)
+    infer.get_parsed_content("initialize")
+    with pytest.raises(RuntimeError) as info:
+        infer.get_parsed_content("run")
+    assert "model.pt was trained at cone beam" in str(_root_cause(info.value))
+    infer = bundle_parser(NF, backbone_file=backbone, geometry_file=str(out / "models" / "model.training.json"), output_dir=str(tmp_path / "inf"),
+                          progress=False, **{"fit#conditioned#n_steps": 2})
+    infer.get_parsed_content("initialize")
+    infer.get_parsed_content("run")
+    summary = json.loads((tmp_path / "inf" / "summary.json").read_text())
+    assert summary["cases"][0]["shape"] == [16, 16, 16]
+
+
+def _exam_groups(root: Path, simulator, doses, n_realisations: int, subject_seed: int = 2) -> Path:
+    """One group folder per dose, each with ``n_realisations`` exams of one subject (``save_exam`` format)."""
+    from monai_ext.dynamic_pet.noise_realisations import DEFAULT_SLICE_FRACTION
+    from monai_ext.pet import save_exam
+
+    for dose in doses:
+        for k in range(n_realisations):
+            exam = simulator.simulate(dose * DEFAULT_SLICE_FRACTION, subject_seed=subject_seed, noise_seed=100 + k)
+            save_exam(exam, root / f"subject{subject_seed}_dose{dose / 1e6:g}M" / f"realisation{k}")
+    return root
+
+
+DEQ_SMALL = {"image_shape": [32, 32], "view_mashing": 8, "learning#epochs": 1, "learning#batch_size": 2, "solver#max_iter": 100,
+             "solver#backward_max_iter": 20, "solver#validation_restarts": 0}
+
+
+def test_own_data_deq_learns_from_exam_folders_and_refits_the_dose_model(tmp_path):
+    """One short epoch per group of user-format exams (one subject at 2 doses, 3 realisations each): the learned
+    weights per group, the learning record and the refitted dose model are written, and inference takes that
+    dose model."""
+    from monai_ext.dynamic_pet import DoseModel
+    from monai_ext.pet import BIOGRAPH_6_TRUEPOINT_TRUEV, DynamicPETSimulator
+
+    simulator = DynamicPETSimulator(BIOGRAPH_6_TRUEPOINT_TRUEV, image_shape=(32, 32), view_mashing=8)
+    data = _exam_groups(tmp_path / "exams", simulator, (200e6, 400e6), 3)
+    out = tmp_path / "out"
+    parser = bundle_parser(DEQ, "train.json", dataset_dir=str(data), output_dir=str(out), **DEQ_SMALL)
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("run")
+    record = json.loads((out / "learning_record.json").read_text())
+    assert [g["dose"] for g in record["groups"]] == [200e6, 400e6]
+    assert all(len(g["lambdas"]) == 20 and g["eta"] > 0 and len(g["exams"]) == 3 for g in record["groups"])
+    assert record["dose_model"]["refitted"] and (out / "eta_dose_fits.png").is_file()
+    for group in record["groups"]:
+        learned = json.loads((out / group["group"] / "learned_hyperparameters.json").read_text())
+        assert learned["learning"]["n_train"] == 2 and learned["eta"] == group["eta"]
+    model = DoseModel.load(str(out / "dose_model.json"))
+    assert len(model.lambdas) == 20
+
+
+def test_own_data_deq_refuses_exams_that_are_not_realisations_of_one_exam(tmp_path):
+    from monai_ext.pet import BIOGRAPH_6_TRUEPOINT_TRUEV, DynamicPETSimulator, save_exam
+    from monai_ext.dynamic_pet.noise_realisations import DEFAULT_SLICE_FRACTION
+
+    simulator = DynamicPETSimulator(BIOGRAPH_6_TRUEPOINT_TRUEV, image_shape=(32, 32), view_mashing=8)
+    data = _exam_groups(tmp_path / "exams", simulator, (300e6,), 2)
+    group = next(data.iterdir())
+    save_exam(simulator.simulate(300e6 * DEFAULT_SLICE_FRACTION, subject_seed=3, noise_seed=7), group / "other_subject")
+    parser = bundle_parser(DEQ, "train.json", dataset_dir=str(data), output_dir=str(tmp_path / "out"), **DEQ_SMALL)
+    parser.get_parsed_content("initialize")
+    with pytest.raises(RuntimeError) as info:
+        parser.get_parsed_content("run")
+    assert "differ in activity" in str(_root_cause(info.value)) and "other_subject" in str(_root_cause(info.value))
+    (group / "other_subject" / "activity.nii.gz").unlink()
+    with pytest.raises(RuntimeError) as info:
+        bundle_parser(DEQ, "train.json", dataset_dir=str(data), output_dir=str(tmp_path / "out"), **DEQ_SMALL).get_parsed_content("run")
+    assert "has no reference image activity.nii.gz" in str(_root_cause(info.value))

@@ -19,7 +19,7 @@ from .hyperparameter_learning import (
     learn_hyperparameters_deq,
     tpe_search,
 )
-from .noise_realisations import NoiseRealisations, simulate_realisations
+from .noise_realisations import NoiseRealisations, exam_realisations, simulate_realisations
 from .regularised_mm import (
     RegularisedMMMap,
     dynamic_pet_objective,
@@ -40,6 +40,7 @@ __all__ = [
     "mm_reconstruct",
     "NoiseRealisations",
     "simulate_realisations",
+    "exam_realisations",
     "RegularisationWeights",
     "FixedPointProblem",
     "SearchResult",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -22,7 +23,7 @@ from ..tomo.sparse_projector import SparseMatrixProjector
 from ..pet.simulator import DynamicPETExam, DynamicPETSimulator
 from ..pet.system_model import PETSystemModel
 
-__all__ = ["DEFAULT_SLICE_FRACTION", "NoiseRealisations", "simulate_realisations", "system_model_of"]
+__all__ = ["DEFAULT_SLICE_FRACTION", "NoiseRealisations", "simulate_realisations", "exam_realisations", "system_model_of"]
 
 DEFAULT_SLICE_FRACTION = 0.01
 """Share of an exam's counts ``D`` recorded in the simulated 2D slice."""
@@ -141,3 +142,63 @@ def simulate_realisations(
     mean = exam.expected_counts
     counts = torch.stack([torch.poisson(mean, generator=torch.Generator().manual_seed(s)) for s in seeds])
     return NoiseRealisations(exam, counts, seeds, float(dose), float(slice_fraction), system_model_of(exam, projector))
+
+
+_SHARED_ARRAYS = ("activity", "attenuation_factors", "normalisation", "background")
+
+
+def exam_realisations(
+    folders,
+    *,
+    dose: float | None = None,
+    slice_fraction: float = DEFAULT_SLICE_FRACTION,
+    projector: str = "sparse_matrix",
+) -> NoiseRealisations:
+    """Realisations of one exam read from a user's exam folders (the format ``monai_ext.pet.save_exam`` writes and
+    the bundle's inference reads): each folder is one realisation (its ``counts``) of the same subject, slice and
+    dose, with the reference image ``activity.nii.gz``. Repeat acquisitions, or bootstrap resamples of one
+    list-mode acquisition, give such realisations of a real exam.
+
+    Args:
+        folders: the exam folders (at least 2: one to learn from, one to validate).
+        dose: ``D`` of the exam; default: ``total_counts / slice_fraction`` of the first exam.
+        slice_fraction: share of ``D`` in the slice.
+        projector: see :func:`system_model_of`.
+
+    Raises:
+        FileNotFoundError: an exam without its reference ``activity.nii.gz`` or its sinogram files.
+        ValueError: fewer than 2 exams, or exams that are not realisations of one exam (a different reference,
+            attenuation, normalisation, background, geometry, frame timing, sensitivity or dose; named).
+    """
+    from ..io.files import geometry_to_dict
+    from ..pet.exam_io import load_exam
+
+    folders = [Path(f) for f in folders]
+    if len(folders) < 2:
+        raise ValueError(f"hyperparameter learning needs at least 2 realisations of an exam (one to learn from, one to validate); got {len(folders)}: "
+                         f"{', '.join(map(str, folders)) or 'none'}.")
+    exams = []
+    for folder in folders:
+        if not (folder / "activity.nii.gz").is_file():
+            raise FileNotFoundError(f"exam {folder} has no reference image activity.nii.gz: learning needs the image each exam should reconstruct to.")
+        exams.append(load_exam(folder))
+    first = exams[0]
+    for folder, exam in zip(folders[1:], exams[1:]):
+        for name in _SHARED_ARRAYS:
+            a, b = getattr(first, name), getattr(exam, name)
+            if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-5, atol=1e-6):
+                raise ValueError(f"exams {folders[0]} and {folder} differ in {name}: the realisations pooled for one learning run must be of one "
+                                 "subject, slice and dose (put other subjects or doses in their own group folder).")
+        same = {"geometry": geometry_to_dict(first.geometry) == geometry_to_dict(exam.geometry),
+                "frame timing": first.schedule == exam.schedule,
+                "sensitivity": math.isclose(first.sensitivity, exam.sensitivity, rel_tol=1e-6),
+                "total_counts": math.isclose(first.total_counts, exam.total_counts, rel_tol=1e-6)}
+        for name, ok in same.items():
+            if not ok:
+                raise ValueError(f"exams {folders[0]} and {folder} differ in {name}: the realisations pooled for one learning run must be of one "
+                                 "subject, slice and dose.")
+    d = float(dose) if dose is not None else first.total_counts / float(slice_fraction)
+    if not (math.isfinite(d) and d > 0):
+        raise ValueError(f"the dose D of {folders[0]} must be positive and finite, got {d!r}.")
+    counts = torch.stack([exam.counts for exam in exams])
+    return NoiseRealisations(first, counts, [int(exam.noise_seed) for exam in exams], d, float(slice_fraction), system_model_of(first, projector))

@@ -64,11 +64,13 @@ def train_backbone(
     device=None,
     progress: bool = True,
     backbone: ModulatedAttenuationField | None = None,
+    record: dict | None = None,
 ) -> dict:
     """Train a conditioned-field backbone on the scans ``projections`` of ``geometry`` and save it.
 
-    Writes ``output_file`` (:func:`save_backbone`) and ``<output_file stem>_training.json`` (settings, seconds,
-    loss trace every 10 steps).
+    Writes ``output_file`` (:func:`save_backbone`) and its training record ``<output_file stem>.training.json``
+    (``monai_ext.workflows.record_path``): the geometry, settings, seconds, loss trace every 10 steps, and
+    ``record`` (e.g. ``i0`` and the data set's summary).
 
     Under ``torch.distributed`` the training is data parallel (see :func:`train_conditioned_field`: each rank owns a
     share of the scans, the backbone's gradients are averaged every step); rank 0 alone writes the files and shows
@@ -84,6 +86,7 @@ def train_backbone(
         progress: tqdm bar with the data loss.
         backbone: a backbone to train further in place (e.g. a trained one, to fine-tune it); ``backbone_args`` must
             then be ``None``.
+        record: more entries for the training record.
 
     Returns:
         the training record written to the JSON file.
@@ -103,7 +106,14 @@ def train_backbone(
     rays = ConeBeamRays(geometry, device=device)
     args = dict(train_args or {})
     _, info = train_conditioned_field(backbone, projections.to(device), rays, progress=progress, **args)
+    from monai_ext.io.files import geometry_to_dict
+    from monai_ext.workflows.training_runs import record_path
+
+    extra = dict(record or {})
     record = {
+        "weights": Path(output_file).name,
+        "geometry": geometry_to_dict(geometry),
+        **extra,
         "n_scans": int(projections.shape[0]),
         "world_size": rank_and_world_size()[1],
         "projection_shape": list(projections.shape[2:]),
@@ -117,7 +127,7 @@ def train_backbone(
     }
     if is_main_process():
         save_backbone(backbone.cpu(), output_file, {"seconds": record["seconds"], "n_scans": record["n_scans"]})
-        save_json(record, Path(output_file).with_name(Path(output_file).stem + "_training.json"))
+        save_json(record, record_path(output_file))
     barrier()
     return record
 

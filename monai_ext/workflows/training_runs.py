@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["RunState", "attach_handlers", "resume_checkpoint", "SaveBestModel", "record_path", "read_record", "run_geometry", "ProgressBar"]
+__all__ = ["RunState", "attach_handlers", "resume_checkpoint", "SaveBestModel", "record_path", "read_record", "run_geometry", "check_trained_geometry", "ProgressBar"]
 
 _CHECKPOINT = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
@@ -197,28 +197,42 @@ class SaveBestModel:
 
 
 def run_geometry(geometry, geometry_file: str = "", weights_file: str = ""):
-    """The geometry an inference run reconstructs at: ``geometry_file``'s if given, else the config's ``geometry``,
-    checked against the training record of ``weights_file`` when it has one.
+    """The geometry an inference run reconstructs at: ``geometry_file``'s if given, else the config's ``geometry``;
+    checked against the training record of ``weights_file`` when one is given (:func:`check_trained_geometry`).
+
+    Raises:
+        ValueError: a geometry file of another kind of scan, or weights trained at another geometry.
+    """
+    from monai_ext.io.training_sets import read_geometry_file
+    from monai_ext.tomo.adaptation import describe_geometry
+
+    chosen = read_geometry_file(geometry_file) if geometry_file else geometry
+    if type(chosen) is not type(geometry):
+        raise ValueError(f"geometry_file {geometry_file} describes a {describe_geometry(chosen)} scan; this bundle reconstructs {type(geometry).__name__} scans.")
+    if weights_file:
+        check_trained_geometry(chosen, weights_file, geometry_file)
+    return chosen
+
+
+def check_trained_geometry(geometry, weights_file: str, geometry_file: str = "") -> None:
+    """Refuse to run ``weights_file`` at ``geometry`` when its training record says it was trained at another one
+    (weights without a record are not checked).
 
     Raises:
         ValueError: the weights were trained at another geometry (both are named, and how to run at theirs).
     """
     from monai_ext.io.files import geometry_from_dict
-    from monai_ext.io.training_sets import read_geometry_file
     from monai_ext.tomo.adaptation import describe_geometry, same_geometry
 
-    chosen = read_geometry_file(geometry_file) if geometry_file else geometry
-    if type(chosen) is not type(geometry):
-        raise ValueError(f"geometry_file {geometry_file} describes a {describe_geometry(chosen)} scan; this bundle reconstructs {type(geometry).__name__} scans.")
-    record = read_record(weights_file) if weights_file else None
-    if record is not None:
-        trained = geometry_from_dict(record["geometry"])
-        if not same_geometry(trained, chosen):
-            source = f"geometry_file {geometry_file}" if geometry_file else "the config"
-            raise ValueError(f"{Path(weights_file).name} was trained at {describe_geometry(trained)}, and this run's geometry ({source}) is "
-                             f"{describe_geometry(chosen)}: run with --geometry_file {record_path(weights_file)} to reconstruct at the "
-                             "training geometry (add --resample true for images on another grid).")
-    return chosen
+    record = read_record(weights_file)
+    if record is None:
+        return
+    trained = geometry_from_dict(record["geometry"])
+    if not same_geometry(trained, geometry):
+        source = f"geometry_file {geometry_file}" if geometry_file else "the config"
+        raise ValueError(f"{Path(weights_file).name} was trained at {describe_geometry(trained)}, and this run's geometry ({source}) is "
+                         f"{describe_geometry(geometry)}: run with --geometry_file {record_path(weights_file)} to reconstruct at the "
+                         "training geometry (add --resample true for images on another grid).")
 
 
 class ProgressBar:

@@ -9,6 +9,8 @@ device, writes its results (JSON, PNG) atomically into ``output_dir`` and return
   figure of reference and absolute errors (``evaluate.json``, the paper's Table I and Fig. 1).
 - :func:`dose_sweep`: learning at several doses, the four parametric fits against ``D`` and the dose model file
   (``dose_sweep.json``, the paper's Fig. 2).
+- :func:`learn_from_exams`: the learning on a user's exams instead of simulated ones (``train.json`` with
+  ``dataset_dir``), one run per group of realisations, and the dose model refitted from the learned weights.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from monai_ext.dynamic_pet.hyperparameter_learning import (
     learn_hyperparameters_deq,
     tpe_search,
 )
-from monai_ext.dynamic_pet.noise_realisations import DEFAULT_SLICE_FRACTION, NoiseRealisations, simulate_realisations
+from monai_ext.dynamic_pet.noise_realisations import DEFAULT_SLICE_FRACTION, NoiseRealisations, exam_realisations, simulate_realisations
 from monai_ext.dynamic_pet.regularised_mm import mm_reconstruct
 
 __all__ = [
@@ -49,6 +51,8 @@ __all__ = [
     "rescore_comparison",
     "compare_solvers",
     "dose_sweep",
+    "learn_from_exams",
+    "exam_groups",
     "comparison_table",
     "lambdas_table",
     "solver_table",
@@ -603,6 +607,105 @@ def dose_sweep(
     if dose_model_file is not None:
         model.save(dose_model_file)
     return out
+
+
+def _is_exam(folder: Path) -> bool:
+    return (folder / "sinograms.json").is_file()
+
+
+def exam_groups(dataset_dir: str) -> dict[str, list[Path]]:
+    """The groups of exam folders under ``dataset_dir``: each sub-folder holding exam folders is one group (the
+    realisations of one subject, slice and dose); a ``dataset_dir`` that holds exam folders itself is one group.
+
+    Raises:
+        FileNotFoundError: ``dataset_dir`` does not exist, or holds no exam (a folder with ``sinograms.json``).
+    """
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset_dir {str(root)!r} is not a directory.")
+    exams = sorted(p for p in root.iterdir() if p.is_dir() and _is_exam(p))
+    if exams:
+        return {root.name: exams}
+    groups = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        members = sorted(p for p in folder.iterdir() if p.is_dir() and _is_exam(p))
+        if members:
+            groups[folder.name] = members
+    if not groups:
+        raise FileNotFoundError(f"no exam in dataset_dir {root}: expected group folders of exam folders (each with sinograms.json, "
+                                "sinograms.npz and the reference activity.nii.gz, as monai_ext.pet.save_exam writes them).")
+    return groups
+
+
+def _check_grid(data: NoiseRealisations, simulator: DynamicPETSimulator, group: str) -> None:
+    geometry = data.exam.geometry
+    if tuple(geometry.image_shape) != tuple(simulator.image_shape) or tuple(geometry.sinogram_shape) != tuple(simulator.geometry.sinogram_shape):
+        raise ValueError(f"group {group}: the exams have image shape {tuple(geometry.image_shape)} and sinogram shape "
+                         f"{tuple(geometry.sinogram_shape)}, the bundle is set up for {tuple(simulator.image_shape)} and "
+                         f"{tuple(simulator.geometry.sinogram_shape)} (image_shape, view_mashing in the config).")
+
+
+def learn_from_exams(
+    dataset_dir: str,
+    simulator: DynamicPETSimulator,
+    *,
+    learning: LearningSettings | dict | None = None,
+    solver: SolverSettings | dict | None = None,
+    device: str | torch.device = "cpu",
+    output_dir: str,
+    dose_model_file: str | None = None,
+    validation_fraction: float = 0.2,
+) -> dict:
+    """DEQ learning of ``eta`` and ``lambda_1..T`` from a user's exams, one run per group, and the dose model refitted.
+
+    Every group (see :func:`exam_groups`) is read and checked before the first run. A group of ``N`` realisations
+    learns from the first ``N - ceil(validation_fraction N)`` and validates on the rest; its dose is each exam's
+    ``total_counts / slice_fraction``. Each run writes ``<output_dir>/<group>/learned_hyperparameters.json``. With
+    learned weights at 2 doses or more, the four parametric models are fitted against ``D`` (as :func:`dose_sweep`)
+    and the dose model goes to ``dose_model_file`` with its figures; with fewer, the record says why it was not.
+    ``<output_dir>/learning_record.json`` holds the groups, doses, weights, validation MSEs and the dose model.
+
+    Raises:
+        FileNotFoundError: no exam, or an exam without its reference or sinograms.
+        ValueError: a group of fewer than 2 exams, exams of a group that are not realisations of one exam, exams on
+            another grid than the bundle's, or a ``validation_fraction`` outside (0, 1).
+    """
+    import math
+
+    learning, solver = _settings(LearningSettings, learning), _settings(SolverSettings, solver)
+    if not 0 < float(validation_fraction) < 1:
+        raise ValueError(f"validation_fraction must lie in (0, 1), got {validation_fraction}.")
+    groups = exam_groups(dataset_dir)
+    data = {}
+    for name, folders in groups.items():
+        data[name] = exam_realisations(folders, slice_fraction=learning.slice_fraction)
+        _check_grid(data[name], simulator, name)
+    runs = []
+    for name, realisations in data.items():
+        n = realisations.n_realisations
+        n_train = n - max(1, math.ceil(float(validation_fraction) * n))
+        settings = dataclasses.replace(learning, n_realisations=n, n_train=n_train, batch_size=min(learning.batch_size, n_train))
+        run = learn_case(simulator, realisations.dose, -1, learning=settings, solver=solver, device=device,
+                         output_dir=str(Path(output_dir) / name), data=realisations)
+        runs.append({"group": name, "exams": [str(p) for p in groups[name]], "dose": run["dose"], "eta": run["eta"], "lambdas": run["lambdas"],
+                     "val_mse": run["val_mse"], "initial_val_mse": run["initial_val_mse"], "seconds": run["seconds"]})
+    doses = sorted({r["dose"] for r in runs})
+    record = {"dataset_dir": str(dataset_dir), "groups": runs}
+    if len(doses) >= 2:
+        setting = {**simulation_setting(simulator, solver, learning.slice_fraction), "groups": [r["group"] for r in runs]}
+        model = DoseModel.fit([r["dose"] for r in runs], [r["eta"] for r in runs], [r["lambdas"] for r in runs], setting=setting)
+        record["dose_model"] = {"refitted": True, "file": dose_model_file, **model.as_dict()}
+        if is_main_process():
+            save_dose_fits(model, Path(output_dir))
+            if dose_model_file:
+                model.save(dose_model_file)
+    else:
+        record["dose_model"] = {"refitted": False, "why": f"learned weights at {len(doses)} dose(s); the dose model is fitted against D and needs 2 or more"}
+        logger.warning(f"dose model not refitted: {record['dose_model']['why']}.")
+    if is_main_process():
+        save_json(record, Path(output_dir) / "learning_record.json")
+    barrier()
+    return record
 
 
 def save_dose_fits(model: DoseModel, output_dir: str | Path) -> list[Path]:
