@@ -330,7 +330,7 @@ def test_own_data_neural_field_backbone_trains_at_the_users_geometry(tmp_path):
     infer.get_parsed_content("initialize")
     with pytest.raises(RuntimeError) as info:
         infer.get_parsed_content("run")
-    assert "model.pt was trained at cone beam" in str(_root_cause(info.value))
+    assert "model.pt was trained on 16 x 16 x 16 at 10 mm" in str(_root_cause(info.value))
     infer = bundle_parser(NF, backbone_file=backbone, geometry_file=str(out / "models" / "model.training.json"), output_dir=str(tmp_path / "inf"),
                           progress=False, **{"fit#conditioned#n_steps": 2})
     infer.get_parsed_content("initialize")

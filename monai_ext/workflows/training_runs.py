@@ -214,9 +214,16 @@ def run_geometry(geometry, geometry_file: str = "", weights_file: str = ""):
     return chosen
 
 
-def check_trained_geometry(geometry, weights_file: str, geometry_file: str = "") -> None:
+def check_trained_geometry(geometry, weights_file: str, geometry_file: str = "", grid_only: bool = False) -> None:
     """Refuse to run ``weights_file`` at ``geometry`` when its training record says it was trained at another one
     (weights without a record are not checked).
+
+    Args:
+        geometry: the run's geometry.
+        weights_file: the weights to run (their record is ``<weights>.training.json``).
+        geometry_file: where ``geometry`` came from, for the message.
+        grid_only: compare the image grid only (shape and voxel size), for models that do not depend on the
+            acquisition (a neural-field backbone is a prior over volumes in its box, fitted to any scan of it).
 
     Raises:
         ValueError: the weights were trained at another geometry (both are named, and how to run at theirs).
@@ -228,6 +235,14 @@ def check_trained_geometry(geometry, weights_file: str, geometry_file: str = "")
     if record is None:
         return
     trained = geometry_from_dict(record["geometry"])
+    if grid_only:
+        from monai_ext.tomo.adaptation import describe_grid
+
+        if tuple(trained.image_shape) != tuple(geometry.image_shape) or not all(abs(a - b) <= 1e-6 * b for a, b in zip(trained.pixel_size, geometry.pixel_size)):
+            raise ValueError(f"{Path(weights_file).name} was trained on {describe_grid(trained.image_shape, trained.pixel_size)}, and this run's grid is "
+                             f"{describe_grid(geometry.image_shape, geometry.pixel_size)}: run with --geometry_file {record_path(weights_file)}, or "
+                             "--resample true for images on another grid.")
+        return
     if not same_geometry(trained, geometry):
         source = f"geometry_file {geometry_file}" if geometry_file else "the config"
         raise ValueError(f"{Path(weights_file).name} was trained at {describe_geometry(trained)}, and this run's geometry ({source}) is "
