@@ -154,13 +154,19 @@ def _check_export(bundle: Path, what: str, exported, expected, atol: float) -> N
         raise BundleCheckError(f"{bundle.name}: {what} differs from the network by {float((exported - expected).abs().max()):.3g}")
 
 
+EXPORT_FORMATS = ("torch.export", "torchscript")
+"""What a bundle naming ``export_ckpt`` offers unless its ``inference.json`` lists ``export_formats``."""
+
+
 def export_network(bundle: Path, out_dir: Path, atol: float = 1e-5) -> Path | None:
     """Trace ``network_def`` with the weights ``export_ckpt`` to TorchScript and check it reproduces the eager
-    network on a random input of the metadata's shape; returns the ``.ts`` path, None when not exportable."""
+    network on a random input of the metadata's shape; returns the ``.ts`` path, None when the bundle offers no
+    TorchScript export (no ``export_ckpt``, or ``export_formats`` in ``inference.json`` without ``"torchscript"``)."""
     import torch
     from monai.bundle import ckpt_export
 
-    if "export_ckpt" not in _inference_config(bundle):
+    config = _inference_config(bundle)
+    if "export_ckpt" not in config or "torchscript" not in config.get("export_formats", EXPORT_FORMATS):
         return None
     net, x, ckpt, key = _trained_network(bundle)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -185,7 +191,8 @@ def export_program(bundle: Path, out_dir: Path, atol: float = 1e-5) -> Path | No
     """
     import torch
 
-    if "export_ckpt" not in _inference_config(bundle):
+    config = _inference_config(bundle)
+    if "export_ckpt" not in config or "torch.export" not in config.get("export_formats", EXPORT_FORMATS):
         return None
     net, x, _, _ = _trained_network(bundle)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -330,7 +330,7 @@ def test_own_data_neural_field_backbone_trains_at_the_users_geometry(tmp_path):
     infer.get_parsed_content("initialize")
     with pytest.raises(RuntimeError) as info:
         infer.get_parsed_content("run")
-    assert "model.pt was trained on 16 x 16 x 16 at 10 mm" in str(_root_cause(info.value))
+    assert "model.pt was trained for a field of view of 160 x 160 x 160 mm" in str(_root_cause(info.value))
     infer = bundle_parser(NF, backbone_file=backbone, geometry_file=str(out / "models" / "model.training.json"), output_dir=str(tmp_path / "inf"),
                           progress=False, **{"fit#conditioned#n_steps": 2})
     infer.get_parsed_content("initialize")
@@ -377,6 +377,14 @@ def test_own_data_deq_learns_from_exam_folders_and_refits_the_dose_model(tmp_pat
         assert learned["learning"]["n_train"] == 2 and learned["eta"] == group["eta"]
     model = DoseModel.load(str(out / "dose_model.json"))
     assert len(model.lambdas) == 20
+    # resumed: the groups already learned are taken from their files, not learned again
+    learned = out / record["groups"][0]["group"] / "learned_hyperparameters.json"
+    stamp = learned.stat().st_mtime_ns
+    parser = bundle_parser(DEQ, "train.json", dataset_dir=str(data), output_dir=str(out), resume=True, **DEQ_SMALL)
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("run")
+    assert learned.stat().st_mtime_ns == stamp
+    assert json.loads((out / "learning_record.json").read_text())["groups"] == record["groups"]
 
 
 def test_own_data_deq_refuses_exams_that_are_not_realisations_of_one_exam(tmp_path):
@@ -396,3 +404,40 @@ def test_own_data_deq_refuses_exams_that_are_not_realisations_of_one_exam(tmp_pa
     with pytest.raises(RuntimeError) as info:
         bundle_parser(DEQ, "train.json", dataset_dir=str(data), output_dir=str(tmp_path / "out"), **DEQ_SMALL).get_parsed_content("run")
     assert "has no reference image activity.nii.gz" in str(_root_cause(info.value))
+
+
+def test_own_data_neural_field_backbone_resumes_with_the_same_steps_and_losses(tmp_path, monkeypatch):
+    """Backbone training for 6 steps with a checkpoint every 2: a run interrupted in step 5 and resumed (from its
+    step-4 checkpoint) ends with bitwise the loss trace and backbone of the run never interrupted."""
+    import monai_ext.fields.fitting as fitting
+    from monai_ext.data import cbct_geometry, cbct_scans
+    from monai_ext.fields import train_backbone
+
+    geometry = cbct_geometry(6, (8, 8, 8), 20.0, (8, 8))
+    projections = cbct_scans("train", 3, geometry, 1e5).projections
+    args = {"latent_channels": 2, "modulation_resolution": 4, "encoding_args": {"n_levels": 2, "features_per_level": 2, "base_resolution": 4,
+                                                                               "finest_resolution": 8}, "hidden": 8}
+    schedule = {"n_steps": 6, "scans_per_step": 2, "rays_per_step": 32, "n_samples": 8}
+    whole = train_backbone(geometry, projections, str(tmp_path / "whole" / "model.pt"), args, schedule, progress=False,
+                           checkpoint_dir=str(tmp_path / "whole_ckpt"), checkpoint_every=2)
+    calls, ray_loss = [0], fitting._ray_loss
+
+    def interrupted(*a, **k):
+        calls[0] += 1
+        if calls[0] > 8:  # 2 scans a step: the 9th call is in step 5
+            raise KeyboardInterrupt
+        return ray_loss(*a, **k)
+
+    monkeypatch.setattr(fitting, "_ray_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_backbone(geometry, projections, str(tmp_path / "cut" / "model.pt"), args, schedule, progress=False,
+                       checkpoint_dir=str(tmp_path / "cut_ckpt"), checkpoint_every=2)
+    assert [p.name for p in (tmp_path / "cut_ckpt").iterdir()] == ["backbone_step=4_rank0.pt"]
+    monkeypatch.setattr(fitting, "_ray_loss", ray_loss)
+    resumed = train_backbone(geometry, projections, str(tmp_path / "cut" / "model.pt"), args, schedule, progress=False,
+                             checkpoint_dir=str(tmp_path / "cut_ckpt"), checkpoint_every=2, resume=True)
+    assert resumed["resumed_at_step"] == 4 and resumed["loss_every_10_steps"] == whole["loss_every_10_steps"]
+    assert resumed["final_loss"] == whole["final_loss"]
+    a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

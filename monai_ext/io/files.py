@@ -195,9 +195,10 @@ def save_png(image, path: str | os.PathLike, title: str | None = None, cmap: str
 
 
 def save_json(obj, path: str | os.PathLike) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
+    """Write ``obj`` as indented JSON, atomically (4 spaces, ASCII: as the Model Zoo's ``pretty-format-json`` hook
+    wants the JSON files a bundle ships, such as tuned weights and training records)."""
     with atomic_path(path, suffix=".json") as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+        tmp.write_text(json.dumps(obj, indent=4, ensure_ascii=True, default=float) + "\n")
     return Path(path)
 
 
@@ -275,6 +276,16 @@ def _sidecar(path: Path) -> Path:
         if name.endswith(ext):
             return path.with_name(name[: -len(ext)] + ".json")
     raise ValueError(f"projection files must end in .npz, .nii or .nii.gz, got {path.name}.")
+
+
+def projection_sidecar(path: str | os.PathLike) -> Path | None:
+    """The JSON geometry sidecar (``<stem>.json``) beside a projections file (``.npz``, ``.nii``, ``.nii.gz``), or
+    ``None`` when the file has another extension or no sidecar (an image, not projections)."""
+    path = Path(path)
+    if not path.name.endswith((".nii.gz", ".nii", ".npz")):
+        return None
+    sidecar = _sidecar(path)
+    return sidecar if sidecar.is_file() else None
 
 
 @renamed_keyword("geom", "geometry")

@@ -134,27 +134,33 @@ def _short_scan_weights(angles: tuple[float, ...]) -> torch.Tensor:
     return torch.as_tensor(w)
 
 
-def parker_weights(angles: tuple[float, ...], u: torch.Tensor, source_to_detector: float) -> torch.Tensor:
-    """Parker's short-scan redundancy weights ``w(beta, gamma)`` of shape ``(n_angles, len(u))``.
+def parker_weights(angles: tuple[float, ...], u, source_to_detector: float) -> torch.Tensor:
+    """Parker's short-scan redundancy weights ``w(beta, gamma)`` of shape ``(n_angles, len(u))`` (float64).
 
     ``beta`` is measured from the first angle, ``gamma = atan(u / sdd)`` is the fan angle of column ``u``; the scan
     must cover at least ``pi + 2 max|gamma|``. Weights of the two measurements of one line sum to 1.
+
+    The weights depend on the geometry alone, so they are computed with numpy from the column positions ``u`` (an
+    array, or a tensor of constants): a network that holds an FDK step then exports (``torch.export``) without a
+    data-dependent branch.
     """
-    beta = torch.as_tensor(angles, dtype=torch.float64)
+    beta = np.asarray(angles, dtype=np.float64)
     beta = (beta - beta.min())[:, None]
-    gamma = torch.atan(u.to(torch.float64) / source_to_detector)[None, :]
+    u = u.detach().cpu().numpy() if isinstance(u, torch.Tensor) else np.asarray(u)
+    gamma = np.arctan(u.astype(np.float64) / source_to_detector)[None, :]
     delta = 0.5 * (float(beta.max()) - math.pi)  # half of the over-scan beyond pi
-    if delta < float(gamma.abs().max()) - 1e-6:
+    if delta < float(np.abs(gamma).max()) - 1e-6:
         raise ValueError(
             f"the scan covers {math.degrees(float(beta.max())):.1f} degrees, less than 180 + fan angle "
-            f"({math.degrees(math.pi + 2 * float(gamma.abs().max())):.1f}): not enough data for a short-scan FDK."
+            f"({math.degrees(math.pi + 2 * float(np.abs(gamma).max())):.1f}): not enough data for a short-scan FDK."
         )
-    w = torch.ones_like(beta * gamma)
+    w = np.ones_like(beta * gamma)
     rise = beta < 2 * (delta - gamma)
     fall = beta > math.pi - 2 * gamma
-    w = torch.where(rise, torch.sin(0.25 * math.pi * beta / (delta - gamma).clamp_min(1e-12)) ** 2, w)
-    w = torch.where(fall, torch.sin(0.25 * math.pi * (math.pi + 2 * delta - beta) / (delta + gamma).clamp_min(1e-12)) ** 2, w)
-    return w.clamp(0.0, 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w = np.where(rise, np.sin(0.25 * math.pi * beta / np.maximum(delta - gamma, 1e-12)) ** 2, w)
+        w = np.where(fall, np.sin(0.25 * math.pi * (math.pi + 2 * delta - beta) / np.maximum(delta + gamma, 1e-12)) ** 2, w)
+    return torch.from_numpy(np.clip(w, 0.0, 1.0))
 
 
 def _circular_gaps(angles: tuple[float, ...], period: float) -> np.ndarray:
@@ -232,7 +238,9 @@ def _fdk_divergent(
     redundancy = None
     if short_scan:
         # Parker's gamma grows against our direction of rotation: column u has gamma = -atan(u / sdd)
-        redundancy = parker_weights(geometry.angles, -u.cpu(), sdd).to(proj)  # (views, cols)
+        np_dtype = np.float32 if dtype == torch.float32 else np.float64  # the columns as the image's dtype gives them
+        columns = (np.arange(n_cols, dtype=np_dtype) - np_dtype(0.5 * (n_cols - 1))) * np_dtype(du) + np_dtype(ou)
+        redundancy = parker_weights(geometry.angles, -columns, sdd).to(proj)  # (views, cols)
         view_w = _short_scan_weights(geometry.angles).to(proj)
     else:
         view_w = 0.5 * _angular_weights(geometry.angles, 2 * math.pi).to(proj)  # each line measured twice

@@ -117,7 +117,13 @@ class JosephProjector(ExplicitAdjointOperator):
 
     def _traced_apply(self, t: torch.Tensor, adjoint: bool) -> torch.Tensor:
         """``A t`` or ``A^T t`` as a gather and an ``index_add`` over the stored Joseph matrix (2D), so that
-        ``torch.jit.trace`` records plain tensor ops with the matrix as constants (used by ``ckpt_export``)."""
+        ``torch.jit.trace`` records plain tensor ops with the matrix as constants (used by ``ckpt_export``). A
+        cone-beam projector, whose matrix would not fit, records its ``grid_sample`` path instead."""
+        if isinstance(self.geometry, ConeBeamGeometry) and hasattr(self, "_torch_forward"):
+            b, c = t.shape[:2]
+            if adjoint:
+                return self._torch_adjoint(t.reshape(b * c, -1)).reshape(b, c, *self.image_shape)
+            return self._torch_forward(t.reshape(b * c, *self.image_shape)).reshape(b, c, *self.projection_shape)
         if getattr(self, "_traced_matrix", None) is None:
             state = torch._C._get_tracing_state()
             torch._C._set_tracing_state(None)  # build the matrix untraced: the graph must only hold the products

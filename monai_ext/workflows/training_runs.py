@@ -222,8 +222,9 @@ def check_trained_geometry(geometry, weights_file: str, geometry_file: str = "",
         geometry: the run's geometry.
         weights_file: the weights to run (their record is ``<weights>.training.json``).
         geometry_file: where ``geometry`` came from, for the message.
-        grid_only: compare the image grid only (shape and voxel size), for models that do not depend on the
-            acquisition (a neural-field backbone is a prior over volumes in its box, fitted to any scan of it).
+        grid_only: compare the field of view only (shape times voxel size), for models that depend neither on the
+            acquisition nor on the sampling grid (a neural-field backbone is a continuous prior over volumes in its
+            box, fitted to any scan of it and sampled on any grid).
 
     Raises:
         ValueError: the weights were trained at another geometry (both are named, and how to run at theirs).
@@ -236,18 +237,22 @@ def check_trained_geometry(geometry, weights_file: str, geometry_file: str = "",
         return
     trained = geometry_from_dict(record["geometry"])
     if grid_only:
-        from monai_ext.tomo.adaptation import describe_grid
-
-        if tuple(trained.image_shape) != tuple(geometry.image_shape) or not all(abs(a - b) <= 1e-6 * b for a, b in zip(trained.pixel_size, geometry.pixel_size)):
-            raise ValueError(f"{Path(weights_file).name} was trained on {describe_grid(trained.image_shape, trained.pixel_size)}, and this run's grid is "
-                             f"{describe_grid(geometry.image_shape, geometry.pixel_size)}: run with --geometry_file {record_path(weights_file)}, or "
-                             "--resample true for images on another grid.")
+        trained_box = [n * d for n, d in zip(trained.image_shape, trained.pixel_size)]
+        box = [n * d for n, d in zip(geometry.image_shape, geometry.pixel_size)]
+        if len(box) != len(trained_box) or not all(abs(a - b) <= 1e-6 * b for a, b in zip(trained_box, box)):
+            raise ValueError(f"{Path(weights_file).name} was trained for a field of view of {_mm_box(trained_box)}, and this run's is "
+                             f"{_mm_box(box)}: run with --geometry_file {record_path(weights_file)}, or --resample true for images on "
+                             "another grid.")
         return
     if not same_geometry(trained, geometry):
         source = f"geometry_file {geometry_file}" if geometry_file else "the config"
         raise ValueError(f"{Path(weights_file).name} was trained at {describe_geometry(trained)}, and this run's geometry ({source}) is "
                          f"{describe_geometry(geometry)}: run with --geometry_file {record_path(weights_file)} to reconstruct at the "
                          "training geometry (add --resample true for images on another grid).")
+
+
+def _mm_box(sizes) -> str:
+    return " x ".join(f"{v:g}" for v in sizes) + " mm"
 
 
 class ProgressBar:

@@ -16,6 +16,7 @@ device, writes its results (JSON, PNG) atomically into ``output_dir`` and return
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -655,6 +656,7 @@ def learn_from_exams(
     output_dir: str,
     dose_model_file: str | None = None,
     validation_fraction: float = 0.2,
+    resume=False,
 ) -> dict:
     """DEQ learning of ``eta`` and ``lambda_1..T`` from a user's exams, one run per group, and the dose model refitted.
 
@@ -664,6 +666,8 @@ def learn_from_exams(
     learned weights at 2 doses or more, the four parametric models are fitted against ``D`` (as :func:`dose_sweep`)
     and the dose model goes to ``dose_model_file`` with its figures; with fewer, the record says why it was not.
     ``<output_dir>/learning_record.json`` holds the groups, doses, weights, validation MSEs and the dose model.
+    With ``resume``, a group whose ``learned_hyperparameters.json`` an interrupted run already wrote (for the same
+    dose and number of realisations) is taken from it instead of learned again.
 
     Raises:
         FileNotFoundError: no exam, or an exam without its reference or sinograms.
@@ -680,13 +684,24 @@ def learn_from_exams(
     for name, folders in groups.items():
         data[name] = exam_realisations(folders, slice_fraction=learning.slice_fraction)
         _check_grid(data[name], simulator, name)
+    from monai_ext.flags import as_flag
+
+    resume = as_flag(resume, "resume")
     runs = []
     for name, realisations in data.items():
         n = realisations.n_realisations
         n_train = n - max(1, math.ceil(float(validation_fraction) * n))
         settings = dataclasses.replace(learning, n_realisations=n, n_train=n_train, batch_size=min(learning.batch_size, n_train))
-        run = learn_case(simulator, realisations.dose, -1, learning=settings, solver=solver, device=device,
-                         output_dir=str(Path(output_dir) / name), data=realisations)
+        done = Path(output_dir) / name / "learned_hyperparameters.json"
+        run = json.loads(done.read_text()) if resume and done.is_file() else None
+        if run is not None and (run.get("dose") != realisations.dose or run.get("learning", {}).get("n_realisations") != n):
+            raise ValueError(f"--resume true, but {done} was learned from another group (dose {run.get('dose')}, "
+                             f"{run.get('learning', {}).get('n_realisations')} realisations; now {realisations.dose} and {n}): use another output_dir.")
+        if run is not None:
+            logger.info(f"group {name}: taken from {done} (--resume true)")
+        else:
+            run = learn_case(simulator, realisations.dose, -1, learning=settings, solver=solver, device=device,
+                             output_dir=str(Path(output_dir) / name), data=realisations)
         runs.append({"group": name, "exams": [str(p) for p in groups[name]], "dose": run["dose"], "eta": run["eta"], "lambdas": run["lambdas"],
                      "val_mse": run["val_mse"], "initial_val_mse": run["initial_val_mse"], "seconds": run["seconds"]})
     doses = sorted({r["dose"] for r in runs})

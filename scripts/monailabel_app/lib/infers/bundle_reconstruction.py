@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from lib.bundles import BundleInfo, run_inference
+from monai_ext.io import projection_sidecar
+from monai_ext.workflows import root_cause
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from monailabel.utils.others.generic import device_list, name_to_device
 
@@ -127,7 +129,7 @@ class BundleReconstructionTask(InferTask):
                 shutil.copytree(image, input_dir / image.name)
             else:
                 shutil.copy2(image, input_dir / image.name)
-                sidecar = _sidecar_of(image)
+                sidecar = projection_sidecar(image)
                 if sidecar is not None:  # a projections study: its geometry sidecar travels with it
                     shutil.copy2(sidecar, input_dir / sidecar.name)
             logger.info(f"{self.bundle.name}: running inference on {image} ({device}, overrides {overrides})")
@@ -136,7 +138,8 @@ class BundleReconstructionTask(InferTask):
                     self.bundle, input_dir, output_dir, {**overrides, "device": f"$torch.device('{device}')"}
                 )
             except Exception as err:
-                raise RuntimeError(f"bundle {self.bundle.name} failed on {image.name}: {_root_cause(err)}") from err
+                cause = root_cause(err)
+                raise RuntimeError(f"bundle {self.bundle.name} failed on {image.name}: {type(cause).__name__}: {cause}") from err
             cases = summary.get("cases", [])
             if len(cases) != 1 or "file" not in cases[0]:
                 raise RuntimeError(f"bundle {self.bundle.name} gave {len(cases)} output case(s) for {image.name}; "
@@ -161,23 +164,6 @@ class BundleReconstructionTask(InferTask):
         }
         logger.info(f"{self.bundle.name}: {result}")
         return result_file, result
-
-
-def _sidecar_of(image: Path) -> Path | None:
-    """The JSON geometry sidecar (``<stem>.json``) beside a projections file (``.npz``, ``.nii``, ``.nii.gz``), if any."""
-    name = image.name
-    for ext in (".nii.gz", ".nii", ".npz"):
-        if name.endswith(ext):
-            sidecar = image.with_name(name[: -len(ext)] + ".json")
-            return sidecar if sidecar.is_file() else None
-    return None
-
-
-def _root_cause(err: BaseException) -> str:
-    """The innermost exception of a chain (the config parser wraps the error that matters), as ``Type: message``."""
-    while err.__cause__ is not None:
-        err = err.__cause__
-    return f"{type(err).__name__}: {err}"
 
 
 def _geometry(path: str) -> dict:
