@@ -498,3 +498,19 @@ def test_solver_info_dataclass_is_frozen():
     info = SolverInfo("picard", 1, True, 0.0, 0.0, [0.0], [0.0], 1e-3, 10, "converged")
     with pytest.raises(AttributeError):
         info.nstep = 2
+
+
+def test_gmres_solves_a_slowly_contracting_affine_map_in_fewer_evaluations_than_anderson():
+    """An affine map whose Jacobian has 200 eigenvalues between 0.9 and 0.999 (as the MM map's, near 1): GMRES
+    reaches the exact fixed point (linear solve) in 87 evaluations of f, Anderson in 229 (when written)."""
+    from monai_ext.deq.solvers import anderson_solve, gmres_solve
+
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(200, 200, dtype=torch.float64, generator=gen))
+    m = q @ torch.diag(torch.linspace(0.9, 0.999, 200, dtype=torch.float64)) @ q.T
+    b = torch.randn(2, 200, dtype=torch.float64, generator=gen)
+    exact = torch.linalg.solve(torch.eye(200, dtype=torch.float64) - m, b.T).T
+    z, info = gmres_solve(lambda v: v @ m.T + b, torch.zeros(2, 200, dtype=torch.float64), tol=1e-10, max_iter=300)
+    assert info.converged and float((z - exact).norm() / exact.norm()) < 1e-7
+    _, slow = anderson_solve(lambda v: v @ m.T + b, torch.zeros(2, 200, dtype=torch.float64), tol=1e-10, max_iter=300, warn=False)
+    assert info.nstep < 0.5 * slow.nstep, (info.nstep, slow.nstep)

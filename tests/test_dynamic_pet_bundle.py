@@ -248,6 +248,54 @@ def test_searches_run_within_their_budget(data):
     assert again.history[0]["eta"] == tpe.history[0]["eta"]  # seeded
 
 
+def test_grid_search_does_not_start_at_the_deq_initial_point(data):
+    """The DEQ starts at the box's geometric centre (eta 1, lambda 0.1): no probe and no grid point of the search is
+    there, and its grid points are the centres of equal log-cells."""
+    from monai_ext.dynamic_pet.hyperparameter_learning import _log_cell_centres
+
+    box = {"eta_range": (0.1, 10.0), "lambda_range": (0.01, 1.0), "time_budget_s": 1.0, "batch_size": 4}
+    grid = grid_search(FixedPointProblem(data, tol=1e-4), [0, 1], **box)
+    for t in grid.history:
+        assert not (t["eta"] == pytest.approx(1.0, rel=1e-3) and t["lambda"] == pytest.approx(0.1, rel=1e-3)), t
+    assert _log_cell_centres(0.1, 10.0, 2) == pytest.approx([10 ** -0.5, 10 ** 0.5])
+
+
+@pytest.fixture(scope="module")
+def hypergradient_problem():
+    """The 16 x 16, 3-frame test problem of the hypergradient check, and its true hypergradient at eta 1,
+    lambda 0.2 (finite differences of fixed points converged to 1e-11; about 2.5 minutes)."""
+    from monai_ext.dynamic_pet.hyperparameter_learning import finite_difference_hypergradient
+    from monai_ext.pet.kinetics import FrameSchedule
+
+    sim = DynamicPETSimulator(BIOGRAPH_6_TRUEPOINT_TRUEV, image_shape=(16, 16), view_mashing=8,
+                              schedule=FrameSchedule((0.0, 60.0, 180.0), (60.0, 120.0, 300.0)))
+    data = simulate_realisations(sim, 300e6, 2, subject_seed=2, noise_seed=10)
+    return data, finite_difference_hypergradient(data, [0], 1.0, 0.2)
+
+
+@pytest.mark.slow
+def test_learning_hypergradients_within_5_percent(hypergradient_problem):
+    """The hypergradient with the solver settings the bundle learns with (train.json's, SolverSettings' defaults)
+    is within 5 % of the true one in every component; the settings used before were not (the check can fail)."""
+    from monai_ext.dynamic_pet.hyperparameter_learning import hypergradient_error, implicit_hypergradient
+
+    data, truth = hypergradient_problem
+    hyper = bundle_scripts(BUNDLE, "hyperparameters")
+    train = json.loads((BUNDLE / "configs" / "train.json").read_text())["solver"]
+    settings = hyper.SolverSettings(**train)
+    assert settings == hyper.SolverSettings(validation_restarts=train["validation_restarts"])
+    kwargs = {"eps": settings.eps, "solver": settings.solver, "tol": settings.tol, "max_iter": settings.max_iter,
+              "solver_kwargs": settings.solver_kwargs(), "backward_solver": settings.backward_solver,
+              "backward_tol": settings.backward_tol, "backward_max_iter": settings.backward_max_iter, "dtype": torch.float64}
+    with pytest.warns(RuntimeWarning):  # the backward budget, not its tolerance, ends the GMRES solve
+        gradient, _ = implicit_hypergradient(data, [0], 1.0, 0.2, settings=kwargs)
+    error = hypergradient_error(gradient, truth)
+    assert error["max_rel_error"] <= 0.05, error
+    before = {"tol": 1e-5, "backward_tol": 5e-3, "backward_max_iter": 50, "dtype": torch.float32, "solver_kwargs": kwargs["solver_kwargs"]}
+    old, _ = implicit_hypergradient(data, [0], 1.0, 0.2, settings=before)
+    assert hypergradient_error(old, truth)["max_rel_error"] > 0.10
+
+
 @pytest.mark.slow
 def test_comparison_runs_end_to_end(simulator, tmp_path):
     compare_cases = bundle_scripts(BUNDLE, "hyperparameters").compare_cases
@@ -256,7 +304,8 @@ def test_comparison_runs_end_to_end(simulator, tmp_path):
     out = compare_cases(simulator, [{"subject_seed": 1, "dose": 300e6}], learning=learning, solver={"tol": 1e-4},
                         output_dir=str(tmp_path))
     rows = out["cases"][0]["rows"]
-    assert [r["method"] for r in rows] == ["deq", "grid_search", "tpe"] and all(r["val_mse"] > 0 for r in rows)
+    assert [r["method"] for r in rows] == ["deq", "deq_2", "grid_search", "tpe"] and all(r["val_mse"] > 0 for r in rows)
+    assert rows[1]["n_parameters"] == 2 and len(set(rows[1]["lambdas"])) == 1 and rows[0]["n_parameters"] == 21
     assert out["cases"][0]["solver_iterations"]["ratio"] > 1
     for name in ("comparison.json", "comparison.md", "subject1_dose300M_errors.png"):
         assert (tmp_path / name).is_file()

@@ -56,6 +56,10 @@ __all__ = [
     "SearchResult",
     "learn_hyperparameters_deq",
     "grid_search",
+    "best_trial_index",
+    "hypergradient_error",
+    "implicit_hypergradient",
+    "finite_difference_hypergradient",
     "tpe_search",
 ]
 
@@ -154,6 +158,8 @@ class FixedPointProblem:
         solver_kwargs: solver options; default ``regularised_mm.ANDERSON_OPTIONS`` for Anderson.
         backward_tol: tolerance of the implicit-gradient solve (default ``tol``).
         backward_max_iter: budget of the implicit-gradient solve.
+        backward_solver: solver of the implicit-gradient equation (default ``solver``); ``"gmres"`` suits it (it is
+            linear, and the MM map's Jacobian has eigenvalues near 1, where Anderson stalls).
         device: where the data and solves live.
         dtype: float32 (fast) or float64.
 
@@ -173,6 +179,7 @@ class FixedPointProblem:
         solver_kwargs: dict | None = None,
         backward_tol: float | None = None,
         backward_max_iter: int = 100,
+        backward_solver: str | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -189,7 +196,7 @@ class FixedPointProblem:
             solver_kwargs = dict(ANDERSON_OPTIONS) if solver == "anderson" else {}
         self.deq = DEQ(
             self.mm, solver=solver, tol=tol, max_iter=max_iter, solver_kwargs=solver_kwargs, grad="implicit",
-            backward_tol=backward_tol, backward_max_iter=backward_max_iter,
+            backward_tol=backward_tol, backward_max_iter=backward_max_iter, backward_solver=backward_solver,
         )
         self.forward_steps: list[int] = []
         self.backward_steps: list[int] = []
@@ -377,8 +384,65 @@ def learn_hyperparameters_deq(
                         len(history), history, wall_seconds=clock.wall())
 
 
-def _log_space(low: float, high: float, n: int) -> list[float]:
-    return [float(v) for v in np.exp(np.linspace(math.log(low), math.log(high), n))] if n > 1 else [math.sqrt(low * high)]
+def _log_parameters(weights: RegularisationWeights) -> torch.Tensor:
+    return torch.cat([weights.log_eta.detach().reshape(1), weights.log_lambda.detach().reshape(-1)]).double()
+
+
+def implicit_hypergradient(data: NoiseRealisations, idx: Sequence[int], eta: float, lambdas, *, settings: dict,
+                           per_frame: bool = True) -> tuple[torch.Tensor, dict]:
+    """``d MSE / d (log eta, log lambda_t)`` of realisations ``idx`` as the learning computes it: a forward solve
+    from the uniform image, then the implicit backward solve, with :class:`FixedPointProblem` keyword arguments
+    ``settings``. Returns the gradient and ``{"forward_steps", "backward_steps"}``."""
+    weights = RegularisationWeights(data.n_frames, eta, lambdas, per_frame=per_frame)
+    problem = FixedPointProblem(data, **settings)
+    problem.loss(problem.reconstruct(list(idx), weights.eta, weights.lambdas, warm_start=False)).backward()
+    gradient = torch.cat([weights.log_eta.grad.reshape(1), weights.log_lambda.grad.reshape(-1)]).double()
+    backward = problem.deq.backward_info
+    return gradient, {"forward_steps": problem.forward_steps[-1], "backward_steps": None if backward is None else backward.nstep}
+
+
+def finite_difference_hypergradient(data: NoiseRealisations, idx: Sequence[int], eta: float, lambdas, *, step: float = 3e-3,
+                                    reference: dict | None = None, per_frame: bool = True) -> torch.Tensor:
+    """The true hypergradient: central finite differences (``step`` on each log-parameter) of the MSE of ``idx`` at
+    fixed points converged with ``reference`` (default: float64, relative residual 1e-11 within 20000 iterations).
+
+    The MM map contracts slowly, so the fixed points must be converged far below the accuracy asked of the gradient:
+    on a 16 x 16, 3-frame problem, differences of fixed points converged to 1e-9 (step 1e-3) were 8-30 % off in a
+    component that those converged to 1e-11 reproduce to 0.02 % whatever the step (1e-2, 3e-3, 1e-3)."""
+    weights = RegularisationWeights(data.n_frames, eta, lambdas, per_frame=per_frame)
+    exact = FixedPointProblem(data, **{"tol": 1e-11, "max_iter": 20000, "dtype": torch.float64, **(reference or {})})
+    base = _log_parameters(weights)
+
+    def mse(theta: torch.Tensor) -> float:
+        return exact.mse(list(idx), float(theta[0].exp()), theta[1:].exp().expand(data.n_frames), batch_size=len(idx), warm_start=False)
+
+    fd = torch.zeros_like(base)
+    for k in range(base.numel()):
+        e = torch.zeros_like(base)
+        e[k] = step
+        fd[k] = (mse(base + e) - mse(base - e)) / (2 * step)
+    return fd
+
+
+def hypergradient_error(implicit: torch.Tensor, finite_difference: torch.Tensor, floor: float = 0.05) -> dict:
+    """Relative error of an implicit hypergradient against the finite-difference one, per component and overall.
+
+    A component's error is relative to its own size, or to ``floor`` times the largest component when it is smaller
+    than that (a component 100 times smaller than the largest moves the learning by as little).
+
+    Returns:
+        ``{"component_rel_error": [...], "max_rel_error", "norm_rel_error", "cosine"}``.
+    """
+    fd = finite_difference.double()
+    implicit = implicit.double()
+    scale = torch.maximum(fd.abs(), floor * fd.abs().max())
+    errors = (implicit - fd).abs() / scale
+    return {
+        "component_rel_error": errors.tolist(),
+        "max_rel_error": float(errors.max()),
+        "norm_rel_error": float((implicit - fd).norm() / fd.norm()),
+        "cosine": float(torch.dot(implicit, fd) / (implicit.norm() * fd.norm())),
+    }
 
 
 def _trial_subset(train_idx: Sequence[int], trial_realisations: int | None) -> list[int]:
@@ -406,15 +470,18 @@ def grid_search(
     time_budget_s: float,
     batch_size: int = 16,
     trial_realisations: int | None = None,
+    seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> SearchResult:
     """Grid search of ``(eta, lambda)`` (scalar ``lambda``) on a log-spaced square grid sized to a time budget.
 
-    The first trial (grid centre, cold start) and a second one (warm start from a close point) measure the cost of a
-    trial; the grid side is then ``n = floor(sqrt(remaining / cost))`` (at least 2) with the dearer of the two costs
-    (a warm start from a close neighbour underestimates the steps across the grid, and a grid sized on it is left
-    mostly unvisited), visited row by row in a serpentine so that each trial warm-starts from a neighbour. Trials
-    stop once the budget is spent.
+    Two probes at seeded random points of the box (cold start, then warm) measure the cost of a trial; the grid side
+    is then ``n = floor(sqrt(remaining / cost))`` (at least 2) with the dearer of the two costs (a warm start from a
+    close neighbour underestimates the steps across the grid, and a grid sized on it is left mostly unvisited). The
+    grid's points are the centres of ``n x n`` equal log-cells of the box, visited row by row in a serpentine so that
+    each trial warm-starts from a neighbour; trials stop once the budget is spent. Neither probe nor the first grid
+    point is the box's geometric centre (where the DEQ starts), so the search does not begin at the DEQ's initial
+    point; the probes are scored like every trial.
 
     Args:
         problem: the fixed-point problem.
@@ -425,7 +492,12 @@ def grid_search(
         batch_size: realisations per solve.
         trial_realisations: score each trial on the first ``trial_realisations`` of ``train_idx`` only (more trials
             in the budget, as the DEQ's mini-batches); ``None`` for all.
+        seed: seed of the two probes.
         log: called with a summary line.
+
+    Returns:
+        A :class:`SearchResult`; its ``history`` lists the trials in order, and the best one's index is
+        ``best_trial_index(result)``.
 
     Raises:
         ValueError: invalid ranges or a non-positive budget.
@@ -441,13 +513,13 @@ def grid_search(
         mse = problem.mse(train_idx, eta, lam, batch_size)
         trials.append({"eta": eta, "lambda": lam, "mse": mse, "seconds": clock.elapsed()})
 
-    trial(math.sqrt(eta_lo * eta_hi), math.sqrt(lam_lo * lam_hi))
-    first = clock.elapsed()
-    trial(math.sqrt(eta_lo * eta_hi) * 1.5, math.sqrt(lam_lo * lam_hi))
-    # a warm start from a close neighbour is much cheaper than a step across the grid: budget with the dearer probe
-    cost = max(first, clock.elapsed() - first, 1e-3)
+    rng = np.random.default_rng(int(seed))
+    for _ in range(2):
+        u = rng.uniform(0.05, 0.95, size=2)  # log-uniform inside the box, away from its edges
+        trial(float(eta_lo * (eta_hi / eta_lo) ** u[0]), float(lam_lo * (lam_hi / lam_lo) ** u[1]))
+    cost = max(trials[0]["seconds"], trials[1]["seconds"] - trials[0]["seconds"], 1e-3)
     n = max(2, int(math.sqrt(max(time_budget_s - clock.elapsed(), 0.0) / cost)))
-    etas, lams = _log_space(eta_lo, eta_hi, n), _log_space(lam_lo, lam_hi, n)
+    etas, lams = _log_cell_centres(eta_lo, eta_hi, n), _log_cell_centres(lam_lo, lam_hi, n)
     for i, eta in enumerate(etas):
         for lam in lams if i % 2 == 0 else lams[::-1]:
             if clock.elapsed() >= time_budget_s:
@@ -456,10 +528,22 @@ def grid_search(
     best = min(trials, key=lambda t: t["mse"])
     seconds = clock.elapsed()
     if log is not None:
-        log(f"grid search: {len(trials)} trials ({n} x {n} grid), best MSE {best['mse']:.5f} at eta {best['eta']:.4g}, "
-            f"lambda {best['lambda']:.4g}, {seconds:.1f} s")
+        log(f"grid search: {len(trials)} trials ({n} x {n} grid and 2 probes), best MSE {best['mse']:.5f} (trial "
+            f"{trials.index(best)}) at eta {best['eta']:.4g}, lambda {best['lambda']:.4g}, {seconds:.1f} s")
     return SearchResult("grid_search", 2, best["eta"], [best["lambda"]] * problem.data.n_frames, best["mse"], seconds,
                         len(trials), trials, wall_seconds=clock.wall())
+
+
+def _log_cell_centres(low: float, high: float, n: int) -> list[float]:
+    """Centres of ``n`` equal cells of ``[log low, log high]``, back in linear scale."""
+    edges = np.linspace(math.log(low), math.log(high), int(n) + 1)
+    return [float(v) for v in np.exp(0.5 * (edges[:-1] + edges[1:]))]
+
+
+def best_trial_index(result: SearchResult) -> int:
+    """Index (in trial order) of a search's best trial."""
+    mses = [t["mse"] for t in result.history]
+    return int(np.argmin(mses))
 
 
 def tpe_search(
