@@ -286,7 +286,8 @@ def test_learning_hypergradients_within_5_percent(hypergradient_problem):
     assert settings == hyper.SolverSettings(validation_restarts=train["validation_restarts"])
     kwargs = {"eps": settings.eps, "solver": settings.solver, "tol": settings.tol, "max_iter": settings.max_iter,
               "solver_kwargs": settings.solver_kwargs(), "backward_solver": settings.backward_solver,
-              "backward_tol": settings.backward_tol, "backward_max_iter": settings.backward_max_iter, "dtype": torch.float64}
+              "backward_tol": settings.backward_tol, "backward_max_iter": settings.backward_max_iter, "dtype": torch.float64,
+              "backward_solver_kwargs": {"restart": settings.gmres_restart}}
     with pytest.warns(RuntimeWarning):  # the backward budget, not its tolerance, ends the GMRES solve
         gradient, _ = implicit_hypergradient(data, [0], 1.0, 0.2, settings=kwargs)
     error = hypergradient_error(gradient, truth)

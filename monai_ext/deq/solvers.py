@@ -491,9 +491,11 @@ def gmres_solve(
         monitor.update(z, fz)
         if monitor.done or evaluations >= max_iter:
             break
+        m = min(int(restart), max_iter - evaluations - 1)  # one evaluation is kept to measure the cycle's result
+        if m < 1:
+            break
         r = (fz - z).to(work)
         beta = torch.linalg.vector_norm(r, dim=1)
-        m = min(int(restart), max_iter - evaluations)
         basis = r.new_zeros(bsz, m + 1, dim)
         hess = r.new_zeros(bsz, m + 1, m)
         basis[:, 0] = r / beta.clamp_min(torch.finfo(work).tiny)[:, None]

@@ -160,6 +160,7 @@ class FixedPointProblem:
         backward_max_iter: budget of the implicit-gradient solve.
         backward_solver: solver of the implicit-gradient equation (default ``solver``); ``"gmres"`` suits it (it is
             linear, and the MM map's Jacobian has eigenvalues near 1, where Anderson stalls).
+        backward_solver_kwargs: its options (e.g. ``{"restart": 100}`` for GMRES).
         device: where the data and solves live.
         dtype: float32 (fast) or float64.
 
@@ -180,6 +181,7 @@ class FixedPointProblem:
         backward_tol: float | None = None,
         backward_max_iter: int = 100,
         backward_solver: str | None = None,
+        backward_solver_kwargs: dict | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -197,6 +199,7 @@ class FixedPointProblem:
         self.deq = DEQ(
             self.mm, solver=solver, tol=tol, max_iter=max_iter, solver_kwargs=solver_kwargs, grad="implicit",
             backward_tol=backward_tol, backward_max_iter=backward_max_iter, backward_solver=backward_solver,
+            backward_solver_kwargs=backward_solver_kwargs,
         )
         self.forward_steps: list[int] = []
         self.backward_steps: list[int] = []
