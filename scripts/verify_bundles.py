@@ -24,6 +24,7 @@ Usage:
     python scripts/verify_bundles.py [--bundles NAME ...] [--run-examples] [--skip-network] [--json report.json]
     python scripts/verify_bundles.py --record            # after bumping a bundle's version
     python scripts/verify_bundles.py --record --amend    # further changes to a version not yet released
+    python scripts/verify_bundles.py --update-eval-metrics --bundles NAME   # after retraining: metadata from the example
 """
 
 from __future__ import annotations
@@ -159,25 +160,63 @@ def check_network(bundle: Path) -> list[str]:
     return []
 
 
-def check_eval_metrics(bundle: Path) -> list[str]:
-    """Run the built-in example and compare its scores with the metadata's eval_metrics (to the written digits)."""
-    metrics = _metadata(bundle).get("eval_metrics", {})
+_EXAMPLE_METRICS = (("psnr_db_example", "mean_psnr_db", 2), ("ssim_example", "mean_ssim", 3))
+
+
+def _example_summary(bundle: Path) -> dict | str:
+    """The ``summary.json`` of the built-in example run with ``inference.json``, or the run's last error line."""
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json"),
                "--bundle_root", str(bundle), "--output_dir", out]
         result = subprocess.run(cmd, capture_output=True, text=True, cwd=out)
         if result.returncode != 0:
-            return [f"the example run failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode}"]
-        summary = json.loads((Path(out) / "summary.json").read_text())
+            return result.stderr.strip().splitlines()[-1] if result.stderr.strip() else str(result.returncode)
+        return json.loads((Path(out) / "summary.json").read_text())
+
+
+def _digits(value) -> int:
+    return len(str(value).split(".")[1]) if "." in str(value) else 0
+
+
+def check_eval_metrics(bundle: Path) -> list[str]:
+    """Run the built-in example and compare its scores with the metadata's eval_metrics (to the written digits)."""
+    metrics = _metadata(bundle).get("eval_metrics", {})
+    summary = _example_summary(bundle)
+    if isinstance(summary, str):
+        return [f"the example run failed: {summary}"]
     problems = [] if "psnr_db_example" in metrics else ["metadata eval_metrics has no psnr_db_example"]
-    for key, measured_key in (("psnr_db_example", "mean_psnr_db"), ("ssim_example", "mean_ssim")):
+    for key, measured_key, _ in _EXAMPLE_METRICS:
         if key in metrics:
             written = metrics[key]
-            digits = len(str(written).split(".")[1]) if "." in str(written) else 0
+            digits = _digits(written)
             measured = summary.get(measured_key)
             if measured is None or round(measured, digits) != round(float(written), digits):
                 problems.append(f"eval_metrics {key} {written} but the example measures {measured}")
     return problems
+
+
+def update_eval_metrics(bundle: Path) -> dict:
+    """Write what the built-in example measures into the metadata's ``eval_metrics`` (``psnr_db_example`` to 0.01 dB,
+    ``ssim_example`` to 0.001, or the digits already written), so that the metadata is updated by a command after a
+    retraining, not by hand; returns the values written. The version is left to the author (``version_bumped``
+    then says that it must be bumped).
+
+    Raises:
+        RuntimeError: the example run failed (its last error line).
+    """
+    summary = _example_summary(bundle)
+    if isinstance(summary, str):
+        raise RuntimeError(f"{bundle.name}: the example run failed: {summary}")
+    path = bundle / "configs" / "metadata.json"
+    meta = json.loads(path.read_text())
+    metrics = meta.setdefault("eval_metrics", {})
+    written = {}
+    for key, measured_key, default_digits in _EXAMPLE_METRICS:
+        if summary.get(measured_key) is not None:
+            digits = _digits(metrics[key]) if key in metrics else default_digits
+            metrics[key] = written[key] = round(float(summary[measured_key]), digits)
+    path.write_text(json.dumps(meta, indent=4, ensure_ascii=True) + "\n")
+    return written
 
 
 def verify(bundle: Path, record: dict, network: bool = True, examples: bool = False) -> dict[str, list[str]]:
@@ -220,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", action="store_true", help="record each bundle's version and content hash")
     parser.add_argument("--amend", action="store_true", help="with --record: re-record a version that was never released")
     parser.add_argument("--run-examples", action="store_true", help="also run each built-in example and check eval_metrics")
+    parser.add_argument("--update-eval-metrics", action="store_true",
+                        help="run each built-in example and write its scores into the metadata's eval_metrics (after a retraining)")
     parser.add_argument("--skip-network", action="store_true", help="leave out verify_net_in_out and the export")
     parser.add_argument("--json", type=Path, help="also write the report as JSON")
     args = parser.parse_args(argv)
@@ -229,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.record:
         record_versions(bundles, record, amend=args.amend)
         print(f"recorded {', '.join(names)} -> {RECORD.relative_to(ROOT)}")
+        return 0
+    if args.update_eval_metrics:
+        for bundle in bundles:
+            print(f"{bundle.name}: eval_metrics {update_eval_metrics(bundle)} written; bump its version, then --record")
         return 0
     report, failed = {}, False
     for bundle in bundles:

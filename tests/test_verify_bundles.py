@@ -90,3 +90,24 @@ def test_eval_metrics_check_compares_the_example_run(tmp_path, monkeypatch):
     meta["eval_metrics"] = {}
     meta_path.write_text(json.dumps(meta, indent=4) + "\n")
     assert verify_bundles.check_eval_metrics(bundle) == ["metadata eval_metrics has no psnr_db_example"]
+
+
+def test_update_eval_metrics_writes_what_the_example_measures(tmp_path, monkeypatch):
+    """After a retraining the metadata's eval_metrics are written by ``--update-eval-metrics`` from the example run
+    (stubbed), to the digits already written, in the Zoo's JSON format; the check then passes and the version check
+    asks for a bump."""
+    import subprocess
+
+    bundle = _copy("psma_pet_neural_blind_deconvolution", tmp_path)
+
+    def fake_run(cmd, **kwargs):
+        out = Path(cmd[cmd.index("--output_dir") + 1])
+        (out / "summary.json").write_text(json.dumps({"mean_psnr_db": 26.1234, "mean_ssim": 0.81234}))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(verify_bundles.subprocess, "run", fake_run)
+    written = verify_bundles.update_eval_metrics(bundle)
+    assert written["psnr_db_example"] == 26.12
+    assert verify_bundles.check_eval_metrics(bundle) == [] and verify_bundles.check_json_format(bundle) == []
+    record = json.loads(verify_bundles.RECORD.read_text())
+    assert verify_bundles.check_version_bumped(bundle, record)
