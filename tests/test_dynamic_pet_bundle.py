@@ -322,3 +322,31 @@ def test_inference_config_on_a_dataset_dir(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["cases"][0]["name"] == "s6" and summary["mean_psnr_db"] > 20
+
+
+def test_table_i_json_has_the_issue_shape_and_a_cross_subject_error(tmp_path):
+    """``table_i`` from comparisons and per-subject dose sweeps (synthetic results in their saved shape): the keys of
+    issue 23's JSON, and a cross-subject error that is zero for two subjects with the same learned weights and
+    positive when they differ."""
+    hyper = bundle_scripts(BUNDLE, "hyperparameters")
+    d = DOSES / 1e6
+    learning = {"epochs": 20, "n_realisations": 48, "n_train": 40}
+
+    def sweep(subject, scale):
+        etas = scale * (0.2 + 2.0 * np.exp(-d / 200.0))
+        lambdas = np.stack([0.05 * (1 + t / 10) * np.exp(-d / 400.0) + 0.01 for t in range(3)], axis=1)
+        model = DoseModel.fit(DOSES, etas, lambdas)
+        return {"runs": [{"subject_seed": subject}], "dose_model": model.as_dict()}
+
+    rows = [{"method": m, "val_mse": v, "seconds": 10.0} for m, v in (("deq", 0.20), ("deq_2", 0.22), ("grid_search", 0.25), ("tpe", 0.24))]
+    rows[2]["best_trial_index"] = 5
+    comparison = {"subject_seed": 0, "dose": 250e6, "learning": learning, "setting": {"image_shape": [64, 64]}, "rows": rows}
+    same = hyper.table_i([comparison], [sweep(0, 1.0), sweep(1, 1.0)], 0.026, tmp_path / "table_i.json")
+    assert set(same) == {"epochs", "realisations", "image", "hypergradient_rel_error", "cases", "dose_model"}
+    assert same["realisations"] == {"train": 40, "validation": 8} and same["image"] == [64, 64]
+    assert same["cases"][0]["mse"] == {"deq_21": 0.20, "deq_2": 0.22, "grid_search": 0.25, "tpe": 0.24}
+    assert same["cases"][0]["grid_best_trial_index"] == 5
+    assert same["dose_model"]["cross_subject_error"] == pytest.approx(0.0, abs=1e-6)
+    differ = hyper.table_i([comparison], [sweep(0, 1.0), sweep(1, 1.3)], 0.026)
+    assert differ["dose_model"]["cross_subject_error"] > 0.05
+    assert json.loads((tmp_path / "table_i.json").read_text())["hypergradient_rel_error"] == 0.026

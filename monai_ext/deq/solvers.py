@@ -448,7 +448,7 @@ def gmres_solve(
 ) -> tuple[torch.Tensor, SolverInfo]:
     """Restarted GMRES for the fixed point of an *affine* map :math:`f(z) = M z + b`, i.e. :math:`(I - M) z = b`.
 
-    The implicit-gradient (backward) equation of a DEQ, :math:`g = J^\top g + v`, is such a map. When :math:`J`
+    The implicit-gradient (backward) equation of a DEQ, :math:`g = J^\\top g + v`, is such a map. When :math:`J`
     has eigenvalues close to 1 (a slowly contracting forward map, such as the MM map of penalised PET
     reconstruction), plain and Anderson iterations crawl or stall, while GMRES, which minimises the residual over the
     Krylov space, converges. Each inner step costs one evaluation of ``f`` (:math:`(I - M) v = v - (f(z + v) - f(z))`
@@ -464,7 +464,7 @@ def gmres_solve(
         tol: tolerance on the relative residual of every batch element.
         max_iter: maximum number of evaluations of ``f``.
         restart: Krylov dimension before a restart.
-        eps: added to :math:`\lVert z \rVert` in the relative residual.
+        eps: added to :math:`\\lVert z \\rVert` in the relative residual.
         warn: issue a ``RuntimeWarning`` when the solve does not converge.
 
     Returns:

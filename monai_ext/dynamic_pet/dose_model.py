@@ -373,6 +373,11 @@ class DoseModel:
             raise ValueError(f"dose model file {path} is not valid JSON: {err}") from err
         if spec.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a {_FORMAT!r} file (format={spec.get('format')!r}).")
+        return cls.from_dict(spec)
+
+    @classmethod
+    def from_dict(cls, spec: dict) -> DoseModel:
+        """A model from :meth:`as_dict` output (as a dose sweep's results hold it)."""
         return cls(
             DoseFit.from_dict(spec["eta"]),
             [DoseFit.from_dict(f) for f in spec["lambdas"]],

@@ -54,6 +54,7 @@ __all__ = [
     "compare_solvers",
     "dose_sweep",
     "learn_from_exams",
+    "table_i",
     "exam_groups",
     "comparison_table",
     "lambdas_table",
@@ -625,6 +626,71 @@ def dose_sweep(
         save_dose_fits(model, Path(output_dir))
     if dose_model_file is not None:
         model.save(dose_model_file)
+    return out
+
+
+def _cross_subject_error(models: Sequence[DoseModel]) -> float:
+    """Mean relative error of predicting each subject's learned weights (``eta`` and every ``lambda_t`` at each of its
+    doses) with every other subject's dose model."""
+    errors = []
+    for i, model in enumerate(models):
+        for j, other in enumerate(models):
+            if i == j:
+                continue
+            for dose, eta, lambdas in zip(other.learned["doses"], other.learned["eta"], other.learned["lambdas"]):
+                predicted_eta, predicted_lambdas = model.hyperparameters(dose)
+                truth = np.asarray([eta, *lambdas], dtype=float)
+                guess = np.asarray([float(predicted_eta), *np.asarray(predicted_lambdas, dtype=float)], dtype=float)
+                errors.extend(np.abs(guess - truth) / np.abs(truth))
+    return float(np.mean(errors)) if errors else float("nan")
+
+
+def table_i(comparisons: Sequence[dict], dose_sweeps: Sequence[dict], hypergradient_rel_error: float, path: str | Path | None = None) -> dict:
+    """The paper's Table I and the dose model's robustness across subjects as one JSON (``docs/results/table_i.json``).
+
+    Args:
+        comparisons: results of :func:`compare_estimators` (one per subject and dose).
+        dose_sweeps: results of :func:`dose_sweep` (one per subject; each holds its ``dose_model``).
+        hypergradient_rel_error: the worst component's relative error of the learning's hypergradient (the test
+            problem's, ``monai_ext.dynamic_pet.hyperparameter_learning.hypergradient_error``).
+        path: where to write it.
+
+    Raises:
+        ValueError: no comparison, or comparisons of different learning settings.
+    """
+    if not comparisons:
+        raise ValueError("table_i needs at least one comparison.")
+    learning = comparisons[0]["learning"]
+    if any(c["learning"] != learning for c in comparisons):
+        raise ValueError("the comparisons were run with different learning settings; one table needs one setting.")
+    cases = []
+    for c in comparisons:
+        rows = {r["method"]: r for r in c["rows"]}
+        names = {"deq": "deq_21", "deq_2": "deq_2", "grid_search": "grid_search", "tpe": "tpe"}
+        cases.append({
+            "subject": int(c["subject_seed"]),
+            "dose": float(c["dose"]),
+            "mse": {names[m]: float(r["val_mse"]) for m, r in rows.items() if m in names},
+            "cpu_seconds": {names[m]: float(r["seconds"]) for m, r in rows.items() if m in names},
+            "grid_best_trial_index": int(rows["grid_search"]["best_trial_index"]) if "best_trial_index" in rows.get("grid_search", {}) else None,
+        })
+    models = [DoseModel.from_dict(sweep["dose_model"]) for sweep in dose_sweeps]
+    subjects = []
+    for sweep, model in zip(dose_sweeps, models):
+        fits = model.learned["fits"]["eta"]
+        subjects.append({"subject": int(sweep["runs"][0]["subject_seed"]), "doses": list(model.learned["doses"]),
+                         "r2_eta": {name: float(fit["r2"]) for name, fit in fits.items()}, "eta_model": model.eta.model,
+                         "eta_coefficients": list(model.eta.coefficients)})
+    out = {
+        "epochs": int(learning["epochs"]),
+        "realisations": {"train": int(learning["n_train"]), "validation": int(learning["n_realisations"]) - int(learning["n_train"])},
+        "image": list(comparisons[0]["setting"]["image_shape"]),
+        "hypergradient_rel_error": float(hypergradient_rel_error),
+        "cases": cases,
+        "dose_model": {"subjects": subjects, "cross_subject_error": _cross_subject_error(models) if len(models) > 1 else None},
+    }
+    if path is not None:
+        save_json(out, path)
     return out
 
 
