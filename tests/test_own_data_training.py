@@ -441,3 +441,18 @@ def test_own_data_neural_field_backbone_resumes_with_the_same_steps_and_losses(t
     a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_own_data_shipped_ct_weights_refuse_another_geometry(tmp_path):
+    """The shipped CT weights carry their records: LPD at 7 views (trained at 5) is refused, naming both; FBP, which
+    has no weights, runs there."""
+    parser = bundle_parser(CT, n_views=7, output_dir=str(tmp_path / "lpd"))
+    parser.get_parsed_content("initialize")
+    with pytest.raises(RuntimeError) as info:
+        parser.get_parsed_content("run")
+    message = str(_root_cause(info.value))
+    assert "model.pt was trained at parallel beam: 64 x 64 at 4 mm, 5 views" in message and "7 views" in message
+    parser = bundle_parser(CT, n_views=7, method="fbp", output_dir=str(tmp_path / "fbp"))
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("run")
+    assert (tmp_path / "fbp" / "summary.json").is_file()

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["RunState", "attach_handlers", "resume_checkpoint", "SaveBestModel", "record_path", "read_record", "run_geometry", "check_trained_geometry", "ProgressBar"]
+__all__ = ["RunState", "attach_handlers", "resume_checkpoint", "SaveBestModel", "write_training_record", "record_path", "read_record", "run_geometry", "check_trained_geometry", "ProgressBar"]
 
 _CHECKPOINT = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
@@ -174,7 +174,7 @@ class SaveBestModel:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine) -> None:
-        from monai_ext.io.files import atomic_path, geometry_to_dict, save_json
+        from monai_ext.io.files import atomic_path
 
         if engine.state.best_metric_epoch != engine.state.epoch:
             return
@@ -184,16 +184,26 @@ class SaveBestModel:
         Path(self.weights_file).parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.weights_file, suffix=".pt") as tmp:
             torch.save(network.state_dict(), tmp)
-        record = {
-            "weights": Path(self.weights_file).name,
-            "geometry": geometry_to_dict(self.geometry),
-            "i0": None if self.i0 is None else float(self.i0),
-            "dataset": self.dataset,
-            "validation": {"metric": engine.state.key_metric_name, "value": float(engine.state.best_metric), "epoch": int(engine.state.epoch)},
-            "training": self.settings,
-            "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }
-        save_json(record, record_path(self.weights_file))
+        write_training_record(self.weights_file, self.geometry, self.i0, self.dataset,
+                              {"metric": engine.state.key_metric_name, "value": float(engine.state.best_metric), "epoch": int(engine.state.epoch)},
+                              self.settings)
+
+
+def write_training_record(weights_file: str, geometry, i0, dataset: dict, validation: dict, settings: dict | None = None) -> Path:
+    """Write ``<weights>.training.json`` (atomically): the geometry, ``i0``, the data set's summary, the validation
+    metric and the settings a model was trained with; returns its path."""
+    from monai_ext.io.files import geometry_to_dict, save_json
+
+    record = {
+        "weights": Path(weights_file).name,
+        "geometry": geometry_to_dict(geometry),
+        "i0": None if i0 is None else float(i0),
+        "dataset": dict(dataset),
+        "validation": dict(validation),
+        "training": dict(settings or {}),
+        "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return save_json(record, record_path(weights_file))
 
 
 def run_geometry(geometry, geometry_file: str = "", weights_file: str = ""):
