@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_flag"]
+__all__ = ["as_flag", "as_flag_or_file"]
 
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
@@ -37,3 +37,27 @@ def as_flag(value, name: str) -> bool:
     if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
         return value.strip().lower() in _TRUE
     raise ValueError(f"{name} must be true or false, got {value!r}.")
+
+
+def as_flag_or_file(value, name: str, expected: str = "a file"):
+    """A setting that is either on/off or a file, as ``--resume`` is (``true``: the newest checkpoint; a path: that
+    one): ``False`` for an empty value or any false spelling, ``True`` for a true one, else the existing file as a
+    ``pathlib.Path``.
+
+    Args:
+        value: the setting.
+        name: its name, for the message.
+        expected: what the file should be, for the message.
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+    """
+    from pathlib import Path
+
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return False
+    if isinstance(value, str) and value.strip().lower() not in _TRUE + _FALSE:
+        if not Path(value).is_file():
+            raise FileNotFoundError(f"{name} names {value}, which does not exist; give {expected} or true.")
+        return Path(value)
+    return as_flag(value, name)

@@ -38,7 +38,7 @@ def record_method(bundle: Path, method: str, weights: Path, overrides: dict | No
     parser["validate#handlers"] = [{"_target_": "StatsHandler", "iteration_log": False}]
     network = parser.get_parsed_content("network")
     state = torch.load(weights, map_location="cpu", weights_only=True)
-    network.load_state_dict(state.get("model", state) if isinstance(state, dict) and "model" in state else state)
+    network.load_state_dict(state["model"] if "model" in state else state)  # CheckpointSaver stores a lone object unwrapped
     evaluator = parser.get_parsed_content("validate#evaluator")
     evaluator.run()
     settings = {k: parser.get_parsed_content(k) for k in ("method", "max_epochs", "batch_size", "learning_rate", "seed")}

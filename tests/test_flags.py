@@ -43,3 +43,15 @@ def test_noise_free_false_string_keeps_the_noise(config):
     noisy = config_content(config, "scan_i0", bundle_root=root, noise_free="false")
     assert noisy is not None and noisy == config_content(config, "i0", bundle_root=root)
     assert config_content(config, "scan_i0", bundle_root=root, noise_free="true") is None
+
+
+def test_as_flag_or_file_reads_flags_and_existing_files(tmp_path):
+    from monai_ext.flags import as_flag_or_file
+
+    checkpoint = tmp_path / "checkpoint_epoch=3.pt"
+    checkpoint.write_bytes(b"")
+    assert as_flag_or_file("", "resume") is False and as_flag_or_file(None, "resume") is False
+    assert as_flag_or_file("false", "resume") is False and as_flag_or_file("True", "resume") is True
+    assert as_flag_or_file(str(checkpoint), "resume") == checkpoint
+    with pytest.raises(FileNotFoundError, match="resume names .*missing.pt, which does not exist; give a checkpoint or true"):
+        as_flag_or_file(str(tmp_path / "missing.pt"), "resume", "a checkpoint")

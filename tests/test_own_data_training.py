@@ -38,6 +38,13 @@ def _write_cases(images: torch.Tensor, folder: Path, spacing, prefix: str = "cas
     return [save_nifti(image[0].numpy(), folder / f"{prefix}{i:03d}.nii.gz", spacing=list(spacing)) for i, image in enumerate(images)]
 
 
+def _write_geometry(folder: Path, geometry) -> Path:
+    """``folder/geometry.json`` in the sidecars' schema, as a user gives ``--geometry_file``."""
+    path = folder / "geometry.json"
+    path.write_text(json.dumps({"geometry": geometry_to_dict(geometry)}))
+    return path
+
+
 def _ct_geometry(shape, spacing, n_views):
     from monai_ext.tomo import ParallelBeamGeometry, uniform_angles
 
@@ -50,7 +57,7 @@ def _ct_dataset(root: Path, n_train: int, n_val: int, shape=(96, 96), spacing=2.
     images = ellipse_images(n_train + n_val, shape, spacing, seed=seed)
     _write_cases(images[:n_train], root / "training", (spacing, spacing))
     _write_cases(images[n_train:], root / "validation", (spacing, spacing), prefix="val")
-    (root / "geometry.json").write_text(json.dumps({"geometry": geometry_to_dict(_ct_geometry(shape, spacing, n_views))}))
+    _write_geometry(root, _ct_geometry(shape, spacing, n_views))
     return root
 
 
@@ -96,8 +103,7 @@ def _bad_dataset(kind: str, root: Path) -> tuple[Path, str, str]:
     images = ellipse_images(4, (32, 32), 5.0, seed=1)
     _write_cases(images[:3], root / "training", (5.0, 5.0))
     _write_cases(images[3:], root / "validation", (5.0, 5.0), prefix="val")
-    geometry = root / "geometry.json"
-    geometry.write_text(json.dumps({"geometry": geometry_to_dict(_ct_geometry((32, 32), 5.0, 6))}))
+    geometry = _write_geometry(root, _ct_geometry((32, 32), 5.0, 6))
     if kind == "mismatched_shapes":
         save_nifti(ellipse_images(1, (40, 40), 5.0)[0, 0].numpy(), root / "training" / "case001.nii.gz", spacing=[5.0, 5.0])
         return root, "", "case001.nii.gz"
@@ -230,6 +236,15 @@ def _infer_psnr(bundle: Path, test_dir: Path, out: Path, **overrides) -> float:
     return float(np.mean([c["psnr_db"] for c in cases]))
 
 
+def _trained_against_analytic(bundle: Path, tmp_path: Path, analytic: str) -> tuple[float, float]:
+    """Mean PSNR on ``tmp_path/test`` of the network trained into ``tmp_path/out/models`` and of ``analytic``
+    (FBP/FDK), both at the training record's geometry."""
+    models = tmp_path / "out" / "models"
+    record = str(models / "model.training.json")
+    learned = _infer_psnr(bundle, tmp_path / "test", tmp_path / "learned", weights_dir=str(models), geometry_file=record)
+    return learned, _infer_psnr(bundle, tmp_path / "test", tmp_path / analytic, method=analytic, geometry_file=record)
+
+
 def _train_interrupted_and_resumed(bundle: Path, dataset: Path, out: Path, stop_epoch: int, **overrides) -> tuple[list, list]:
     """Train, interrupted after ``stop_epoch`` and resumed to the end; returns both runs' losses."""
     _, first = _trainer(bundle, dataset, out, **overrides)
@@ -251,10 +266,7 @@ def test_own_data_ct_lpd_beats_fbp_at_the_users_geometry(tmp_path):
     from monai_ext.data import ellipse_images
 
     _write_cases(ellipse_images(4, (96, 96), 2.5, seed=5000), tmp_path / "test", (2.5, 2.5), prefix="test")
-    models = tmp_path / "out" / "models"
-    record = str(models / "model.training.json")
-    lpd = _infer_psnr(CT, tmp_path / "test", tmp_path / "lpd", weights_dir=str(models), geometry_file=record)
-    fbp = _infer_psnr(CT, tmp_path / "test", tmp_path / "fbp", method="fbp", geometry_file=record)
+    lpd, fbp = _trained_against_analytic(CT, tmp_path, "fbp")
     print(f"CT own data: LPD {lpd:.2f} dB, FBP {fbp:.2f} dB")
     assert lpd >= fbp + 3.0, (lpd, fbp)
 
@@ -289,13 +301,10 @@ def test_own_data_cbct_lpd_beats_fdk_at_the_users_geometry(tmp_path):
     _write_cases(volumes[:30], data / "training", (6.0,) * 3)
     _write_cases(volumes[30:], data / "validation", (6.0,) * 3, prefix="val")
     _write_cases(test_volumes, tmp_path / "test", (6.0,) * 3, prefix="test")
-    (data / "geometry.json").write_text(json.dumps({"geometry": geometry_to_dict(cbct_geometry(10, (24, 24, 24), 6.0, (24, 24)))}))
+    _write_geometry(data, cbct_geometry(10, (24, 24, 24), 6.0, (24, 24)))
     first, second = _train_interrupted_and_resumed(CBCT, data, tmp_path / "out", 2, max_epochs=4)
     assert first[-1][0] == 60 and second[0][0] == 61 and second[-1][0] == 120
-    models = tmp_path / "out" / "models"
-    record = str(models / "model.training.json")
-    lpd = _infer_psnr(CBCT, tmp_path / "test", tmp_path / "lpd", weights_dir=str(models), geometry_file=record)
-    fdk = _infer_psnr(CBCT, tmp_path / "test", tmp_path / "fdk", method="fdk", geometry_file=record)
+    lpd, fdk = _trained_against_analytic(CBCT, tmp_path, "fdk")
     print(f"CBCT own data: LPD {lpd:.2f} dB, FDK {fdk:.2f} dB")
     assert lpd >= fdk + 3.0, (lpd, fdk)
 
@@ -316,7 +325,7 @@ def test_own_data_neural_field_backbone_trains_at_the_users_geometry(tmp_path):
     data = tmp_path / "data"
     _write_cases(volumes[:3], data / "training", (10.0,) * 3)
     _write_cases(volumes[3:], data / "validation", (10.0,) * 3, prefix="val")
-    (data / "geometry.json").write_text(json.dumps({"geometry": geometry_to_dict(cbct_geometry(8, (16, 16, 16), 10.0, (16, 16)))}))
+    _write_geometry(data, cbct_geometry(8, (16, 16, 16), 10.0, (16, 16)))
     out = tmp_path / "out"
     parser = bundle_parser(NF, "train.json", dataset_dir=str(data), geometry_file=str(data / "geometry.json"), output_dir=str(out), progress=False,
                            **{"train_args#n_steps": 3, "train_args#scans_per_step": 2, "train_args#rays_per_step": 64})

@@ -208,12 +208,14 @@ def train_conditioned_field(
 
     optimiser_groups = [{"params": shared, "lr": lr}, {"params": [modulations], "lr": modulation_lr}]
     synchronise = None if world == 1 else lambda loss: average_gradients(shared, per_step, [loss])[0]
+    from ..flags import as_flag_or_file
+
     checkpoints = None
     if checkpoint_dir is not None:
         from .step_checkpoints import StepCheckpoints
 
         checkpoints = StepCheckpoints(checkpoint_dir, checkpoint_every, resume, {"backbone": backbone, "modulations": modulations}, gen)
-    elif resume not in (False, "", None, "false"):
+    elif as_flag_or_file(resume, "resume") is not False:
         raise ValueError("resume needs checkpoint_dir: the folder the interrupted run wrote its checkpoints to.")
     info = _optimise(optimiser_groups, step_loss, n_steps, final_lr_fraction, progress and rank == 0, "backbone training", synchronise, checkpoints)
     info["scan_indices"] = owned

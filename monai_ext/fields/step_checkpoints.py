@@ -33,21 +33,15 @@ class StepCheckpoints:
     """
 
     def __init__(self, directory: str, every: int = 100, resume=False, tensors: dict | None = None, generator: torch.Generator | None = None) -> None:
-        from monai_ext.flags import as_flag
+        from monai_ext.flags import as_flag_or_file
 
         if int(every) < 1:
             raise ValueError(f"checkpoint_every must be a positive number of steps, got {every}.")
         self.directory, self.every = Path(directory), int(every)
         self.rank = rank_and_world_size()[0]
         self.tensors, self.generator = dict(tensors or {}), generator
-        if isinstance(resume, str) and resume.strip().lower() not in ("", "true", "false", "yes", "no", "on", "off", "1", "0"):
-            self.resume_from = Path(resume)
-            if not self.resume_from.is_file():
-                raise FileNotFoundError(f"resume names {resume}, which does not exist; give a backbone checkpoint (backbone_step=N_rankR.pt) or true.")
-        elif resume in ("", None) or not as_flag(resume, "resume"):
-            self.resume_from = None
-        else:
-            self.resume_from = self._newest()
+        chosen = as_flag_or_file(resume, "resume", "a backbone checkpoint (backbone_step=N_rankR.pt)")
+        self.resume_from = self._newest() if chosen is True else (chosen or None)
 
     def _files(self) -> list[tuple[int, Path]]:
         found = []

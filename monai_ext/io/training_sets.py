@@ -34,7 +34,7 @@ from monai_ext.tomo.adaptation import describe_geometry, describe_grid, geometry
 from .datalists import _EXTENSIONS, _grid, _stem
 from .files import geometry_from_dict, load_nifti, load_projections
 
-__all__ = ["TrainingSet", "training_set", "read_geometry_file", "training_geometry"]
+__all__ = ["TrainingSet", "training_set", "read_geometry_file", "training_geometry", "check_geometry_kind"]
 
 _REFERENCE_SUFFIX = "_reference"
 
@@ -105,13 +105,15 @@ def training_geometry(dataset: TrainingSet | None, geometry_file: str | None, ge
     if dataset is not None:
         return dataset.geometry
     if geometry_file:
-        return _same_kind(read_geometry_file(geometry_file), geometry, f"geometry_file {geometry_file}")
+        return check_geometry_kind(read_geometry_file(geometry_file), geometry, f"geometry_file {geometry_file}")
     return geometry
 
 
-def _same_kind(found, geometry, where: str):
+def check_geometry_kind(found, geometry, where: str):
+    """``found``, if it is the same kind of scan (parallel, fan, cone beam) as ``geometry``; else a ``ValueError``
+    naming ``where`` it came from."""
     if type(found) is not type(geometry):
-        raise ValueError(f"{where} describes a {describe_geometry(found)} scan; this bundle trains on {type(geometry).__name__} scans.")
+        raise ValueError(f"{where} describes a {describe_geometry(found)} scan; this bundle works on {type(geometry).__name__} scans.")
     return found
 
 
@@ -233,7 +235,7 @@ def training_set(dataset_dir: str, geometry, geometry_file: str | None = "", val
     for name, items in (("training", training), ("validation", validation)):
         if not items:
             raise ValueError(f"dataset_dir {root}: the {name} list is empty; training needs at least one {name} case.")
-    chosen = _same_kind(read_geometry_file(geometry_file), geometry, f"geometry_file {geometry_file}") if geometry_file else None
+    chosen = check_geometry_kind(read_geometry_file(geometry_file), geometry, f"geometry_file {geometry_file}") if geometry_file else None
     first = None
     for item in training + validation:
         shape, spacing, scan_geometry = _read_case(item)
@@ -242,7 +244,7 @@ def training_set(dataset_dir: str, geometry, geometry_file: str | None = "", val
         if len(shape) != geometry.ndim:
             raise ValueError(f"reference image {item['reference']} has shape {shape}; this bundle trains on {geometry.ndim}D images.")
         if scan_geometry is not None:
-            _same_kind(scan_geometry, geometry, f"{where}'s sidecar")
+            check_geometry_kind(scan_geometry, geometry, f"{where}'s sidecar")
             if chosen is None:
                 chosen = scan_geometry
             elif not same_geometry(scan_geometry, chosen):

@@ -108,14 +108,11 @@ def resume_checkpoint(resume, checkpoint_dir: str) -> str:
         FileNotFoundError: ``resume`` is true and ``checkpoint_dir`` holds no checkpoint, or a path that does not
             exist.
     """
-    from monai_ext.flags import as_flag
+    from monai_ext.flags import as_flag_or_file
 
-    if isinstance(resume, str) and resume.strip().lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off", ""):
-        if not Path(resume).is_file():
-            raise FileNotFoundError(f"resume names {resume}, which does not exist; give a trainer checkpoint (checkpoint_epoch=N.pt) or true.")
-        return str(resume)
-    if resume == "" or not as_flag(resume, "resume"):
-        return ""
+    chosen = as_flag_or_file(resume, "resume", "a trainer checkpoint (checkpoint_epoch=N.pt)")
+    if chosen is not True:
+        return str(chosen) if chosen else ""
     found = sorted((int(m.group(1)), p) for p in Path(checkpoint_dir).glob("*checkpoint_epoch=*.pt") if (m := _CHECKPOINT.search(p.name)))
     if not found:
         raise FileNotFoundError(f"--resume true, but {checkpoint_dir} holds no trainer checkpoint (checkpoint_epoch=N.pt): "
@@ -213,12 +210,9 @@ def run_geometry(geometry, geometry_file: str = "", weights_file: str = ""):
     Raises:
         ValueError: a geometry file of another kind of scan, or weights trained at another geometry.
     """
-    from monai_ext.io.training_sets import read_geometry_file
-    from monai_ext.tomo.adaptation import describe_geometry
+    from monai_ext.io.training_sets import check_geometry_kind, read_geometry_file
 
-    chosen = read_geometry_file(geometry_file) if geometry_file else geometry
-    if type(chosen) is not type(geometry):
-        raise ValueError(f"geometry_file {geometry_file} describes a {describe_geometry(chosen)} scan; this bundle reconstructs {type(geometry).__name__} scans.")
+    chosen = check_geometry_kind(read_geometry_file(geometry_file), geometry, f"geometry_file {geometry_file}") if geometry_file else geometry
     if weights_file:
         check_trained_geometry(chosen, weights_file, geometry_file)
     return chosen
