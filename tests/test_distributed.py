@@ -44,37 +44,30 @@ def _trainer_overrides(out: Path) -> dict:
 
 
 def _neural_field_overrides(out: Path) -> dict:
-    """The backbone is built in the config and handed to ``train_backbone`` so each rank can save its copy."""
+    """The backbone trainer's backbone, saved by each rank before and after ``trainer.run()`` (its gradients are
+    averaged explicitly, so the network is not wrapped in ``DistributedDataParallel``)."""
     rank_file = RANK_FILE.format(out=out.as_posix())
-    box = "monai_ext.fields.box_half_widths(@geometry.image_shape, @geometry.pixel_size)"
     return {
         "ckpt_dir": str(out / "models"),
-        "test_backbone": f"$monai_ext.fields.ModulatedAttenuationField({box}, **@backbone_args)",
+        "output_dir": str(out / "outputs"),
         "run": [
-            f"$torch.save(@test_backbone.state_dict(), {rank_file} + '_initial.pt')",
-            "$monai_ext.fields.train_backbone(@geometry, @train_projections, @backbone_file, None, @train_args, @device, "
-            "@progress, backbone=@test_backbone)",
-            f"$torch.save(@test_backbone.state_dict(), {rank_file} + '_final.pt')",
+            f"$torch.save(@network.backbone.state_dict(), {rank_file} + '_initial.pt')",
+            "$@train#trainer.run()",
+            f"$torch.save(@network.backbone.state_dict(), {rank_file} + '_final.pt')",
         ],
     }
 
 
 def _deq_overrides(out: Path) -> dict:
-    """``learn_case`` (the bundle's ``scripts.hyperparameters``) returns the learned weights on every rank; each rank
-    saves them with the initial ones."""
+    """The bundle's trainer (``train.json``'s run: resumption attached, trainer run, learned weights written); each
+    rank saves the initial and the learned log-weights of its group."""
     rank_file = RANK_FILE.format(out=out.as_posix())
-    initial = "{'log_eta': torch.tensor(@learning#eta_init).log(), 'log_lambda': torch.tensor(@learning#lambda_init).log()}"
-    final = "{'log_eta': torch.tensor(@learned['eta']).log(), 'log_lambda': torch.tensor(@learned['lambdas']).log()}"
-    learned = {"_target_": "scripts.hyperparameters.learn_case", "simulator": "@simulator", "dose": "@dose",
-               "subject_seed": "@subject_seed", "learning": "@learning", "solver": "@solver", "device": "@device",
-               "output_dir": "@output_dir"}
+    initial = "{'log_eta': torch.tensor(@learning#eta_init, dtype=torch.float64).log(), 'log_lambda': torch.tensor(@learning#lambda_init, dtype=torch.float64).log()}"
+    final = "{'log_eta': @network.groups[0].log_eta.detach(), 'log_lambda': @network.groups[0].log_lambda.detach()}"
+    run = json.loads((ROOT / "bundles" / "dynamic_pet_deq_reconstruction" / "configs" / "train.json").read_text())["run"]
     return {
         "output_dir": str(out / "outputs"),
-        "learned": learned,  # the learning of train.json's run, named so that its result can be saved
-        "run": [
-            f"$torch.save({initial}, {rank_file} + '_initial.pt')",
-            f"$torch.save({final}, {rank_file} + '_final.pt')",
-        ],
+        "run": [f"$torch.save({initial}, {rank_file} + '_initial.pt')", *run, f"$torch.save({final}, {rank_file} + '_final.pt')"],
     }
 
 
@@ -87,10 +80,10 @@ BUNDLES = {
     },
     "cbct_neural_field": {
         "tiny": {
-            "volume_shape": [16, 16, 16], "voxel_size": 16.0, "det_shape": [16, 16], "n_views": 12, "n_train": 3, "progress": False,
+            "volume_shape": [16, 16, 16], "voxel_size": 16.0, "det_shape": [16, 16], "n_views": 12, "n_train": 3, "n_val": 1, "progress": False,
             "backbone_args#modulation_resolution": 4, "backbone_args#hidden": 16,
             "backbone_args#encoding_args": {"n_levels": 2, "features_per_level": 2, "base_resolution": 4, "finest_resolution": 8},
-            "train_args#n_steps": 4, "train_args#rays_per_step": 64, "train_args#n_samples": 8, "train_args#scans_per_step": 2,
+            "max_epochs": 2, "steps_per_epoch": 2, "rays_per_step": 64, "n_samples": 8, "scans_per_step": 2, "val_fit#n_steps": 2,
         },
         "snapshot": _neural_field_overrides,
         "output": "models/model.pt",

@@ -72,8 +72,13 @@ def _trainer(bundle: Path, dataset: Path, out: Path, **overrides):
     parser.get_parsed_content("run#0")
     trainer = parser.get_parsed_content("train#trainer")
     trainer.losses = []
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: e.losses.append((e.state.iteration, float(e.state.output[0]["loss"]))))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: e.losses.append((e.state.iteration, _loss(e.state.output))))
     return parser, trainer
+
+
+def _loss(output) -> float:
+    """The loss of an iteration's output: a decollated list of dicts (MONAI's default) or one dict."""
+    return float((output[0] if isinstance(output, list) else output)["loss"])
 
 
 def _stop_after(trainer, epoch: int) -> None:
@@ -317,8 +322,8 @@ DEQ = ROOT / "bundles" / "dynamic_pet_deq_reconstruction"
 
 def test_own_data_neural_field_backbone_trains_at_the_users_geometry(tmp_path):
     """One short run of the conditioned field's backbone on three volumes of 16^3 at 10 mm scanned with 8 views:
-    the weights and their record (geometry, I0, data set) are written, and inference with them refuses the
-    bundle's geometry and runs at the record's."""
+    the weights and their record (geometry, I0, data set, validation PSNR) are written, and inference with them
+    refuses the bundle's geometry and runs at the record's."""
     from monai_ext.data import cbct_geometry
 
     volumes, _ = _thorax_volumes(4, shape=(16, 16, 16), spacing=10.0)
@@ -328,12 +333,13 @@ def test_own_data_neural_field_backbone_trains_at_the_users_geometry(tmp_path):
     _write_geometry(data, cbct_geometry(8, (16, 16, 16), 10.0, (16, 16)))
     out = tmp_path / "out"
     parser = bundle_parser(NF, "train.json", dataset_dir=str(data), geometry_file=str(data / "geometry.json"), output_dir=str(out), progress=False,
-                           **{"train_args#n_steps": 3, "train_args#scans_per_step": 2, "train_args#rays_per_step": 64})
+                           max_epochs=1, steps_per_epoch=3, scans_per_step=2, rays_per_step=64, **{"val_fit#n_steps": 2})
     parser.get_parsed_content("initialize")
     parser.get_parsed_content("run")
     record = json.loads((out / "models" / "model.training.json").read_text())
-    assert record["n_scans"] == 3 and record["dataset"]["n_training"] == 3 and record["dataset"]["spacing_mm"] == [10.0] * 3
+    assert record["dataset"]["n_training"] == 3 and record["dataset"]["n_validation"] == 1 and record["dataset"]["spacing_mm"] == [10.0] * 3
     assert record["geometry"]["image_shape"] == [16, 16, 16] and len(record["geometry"]["angles"]) == 8 and record["i0"] == 1e5
+    assert record["validation"]["metric"] == "val_psnr" and record["validation"]["epoch"] == 1 and record["training"]["backbone"]["hidden"] == 64
     backbone = str(out / "models" / "model.pt")
     infer = bundle_parser(NF, backbone_file=backbone, output_dir=str(tmp_path / "inf"), progress=False)
     infer.get_parsed_content("initialize")
@@ -364,36 +370,74 @@ DEQ_SMALL = {"image_shape": [32, 32], "view_mashing": 8, "learning#epochs": 1, "
              "solver#backward_max_iter": 20, "solver#validation_restarts": 0}
 
 
+def _deq_trainer(out: Path, **overrides):
+    """The DEQ bundle's trainer from ``train.json``, resumption attached, its losses recorded as ``trainer.losses``."""
+    from ignite.engine import Events
+
+    parser = bundle_parser(DEQ, "train.json", output_dir=str(out), progress=False, **overrides)
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("run#0")
+    trainer = parser.get_parsed_content("train#trainer")
+    trainer.losses = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: e.losses.append((e.state.iteration, _loss(e.state.output))))
+    return parser, trainer
+
+
 def test_own_data_deq_learns_from_exam_folders_and_refits_the_dose_model(tmp_path):
-    """One short epoch per group of user-format exams (one subject at 2 doses, 3 realisations each): the learned
-    weights per group, the learning record and the refitted dose model are written, and inference takes that
-    dose model."""
+    """Two epochs of the DEQ learning (a MONAI trainer) on groups of user-format exams (one subject at 2 doses, 3
+    realisations each): the learned weights per group, the learning record and the refitted dose model are written.
+    Interrupted after its first epoch and resumed with ``resume=true``, the
+    run continues with the same losses to the same weights (warm starts and generators restored)."""
     from monai_ext.dynamic_pet import DoseModel
     from monai_ext.pet import BIOGRAPH_6_TRUEPOINT_TRUEV, DynamicPETSimulator
 
     simulator = DynamicPETSimulator(BIOGRAPH_6_TRUEPOINT_TRUEV, image_shape=(32, 32), view_mashing=8)
     data = _exam_groups(tmp_path / "exams", simulator, (200e6, 400e6), 3)
+    settings = {**DEQ_SMALL, "learning#epochs": 2, "dataset_dir": str(data)}
     out = tmp_path / "out"
-    parser = bundle_parser(DEQ, "train.json", dataset_dir=str(data), output_dir=str(out), **DEQ_SMALL)
-    parser.get_parsed_content("initialize")
-    parser.get_parsed_content("run")
+    parser, trainer = _deq_trainer(out, **settings)
+    trainer.run()
+    parser.get_parsed_content("run#2")
+    whole = trainer.losses
+    assert [i for i, _ in whole] == [1, 2, 3, 4]  # one batch per group and epoch
     record = json.loads((out / "learning_record.json").read_text())
     assert [g["dose"] for g in record["groups"]] == [200e6, 400e6]
     assert all(len(g["lambdas"]) == 20 and g["eta"] > 0 and len(g["exams"]) == 3 for g in record["groups"])
     assert record["dose_model"]["refitted"] and (out / "eta_dose_fits.png").is_file()
     for group in record["groups"]:
         learned = json.loads((out / group["group"] / "learned_hyperparameters.json").read_text())
-        assert learned["learning"]["n_train"] == 2 and learned["eta"] == group["eta"]
+        assert learned["learning"]["n_train"] == 2 and learned["eta"] == group["eta"] and learned["validated_epoch"] == 2
+        assert [h["epoch"] for h in learned["history"]] == [0, 1] and learned["val_mse"] > 0
     model = DoseModel.load(str(out / "dose_model.json"))
     assert len(model.lambdas) == 20
-    # resumed: the groups already learned are taken from their files, not learned again
-    learned = out / record["groups"][0]["group"] / "learned_hyperparameters.json"
-    stamp = learned.stat().st_mtime_ns
-    parser = bundle_parser(DEQ, "train.json", dataset_dir=str(data), output_dir=str(out), resume=True, **DEQ_SMALL)
-    parser.get_parsed_content("initialize")
-    parser.get_parsed_content("run")
-    assert learned.stat().st_mtime_ns == stamp
-    assert json.loads((out / "learning_record.json").read_text())["groups"] == record["groups"]
+
+    parser, trainer = _deq_trainer(tmp_path / "cut", **settings)
+    _stop_after(trainer, 1)
+    trainer.run()
+    assert trainer.losses == whole[:2]
+    parser, trainer = _deq_trainer(tmp_path / "cut", resume=True, **settings)
+    trainer.run()
+    parser.get_parsed_content("run#2")
+    assert trainer.losses == whole[2:]
+    resumed = json.loads((tmp_path / "cut" / "learning_record.json").read_text())
+    assert [(g["eta"], g["lambdas"]) for g in resumed["groups"]] == [(g["eta"], g["lambdas"]) for g in record["groups"]]
+
+
+def test_own_data_deq_engine_takes_the_steps_of_learn_case(tmp_path):
+    """The bundle's trainer on its built-in case takes bitwise the steps of ``scripts.hyperparameters.learn_case``
+    (the learning the comparison and the dose sweep run) and writes the same weights and validation MSEs."""
+    settings = {**DEQ_SMALL, "learning#epochs": 2, "learning#n_realisations": 5, "learning#n_train": 4, "val_interval": 1}
+    parser, trainer = _deq_trainer(tmp_path / "engine", **settings)
+    trainer.run()
+    parser.get_parsed_content("run#2")
+    engine = json.loads((tmp_path / "engine" / "learned_hyperparameters.json").read_text())
+    from scripts.hyperparameters import learn_case
+
+    alone = learn_case(parser.get_parsed_content("simulator"), parser.get_parsed_content("dose"), parser.get_parsed_content("subject_seed"),
+                       learning=parser.get_parsed_content("learning"), solver=parser.get_parsed_content("solver"))
+    assert [h["loss"] for h in engine["history"]] == [h["loss"] for h in alone["history"]] and len(alone["history"]) == 4
+    for key in ("eta", "lambdas", "train_mse", "val_mse", "initial_val_mse"):
+        assert engine[key] == alone[key], key
 
 
 def test_own_data_deq_refuses_exams_that_are_not_realisations_of_one_exam(tmp_path):
@@ -415,41 +459,51 @@ def test_own_data_deq_refuses_exams_that_are_not_realisations_of_one_exam(tmp_pa
     assert "has no reference image activity.nii.gz" in str(_root_cause(info.value))
 
 
-def test_own_data_neural_field_backbone_resumes_with_the_same_steps_and_losses(tmp_path, monkeypatch):
-    """Backbone training for 6 steps with a checkpoint every 2: a run interrupted in step 5 and resumed (from its
-    step-4 checkpoint) ends with bitwise the loss trace and backbone of the run never interrupted."""
-    import monai_ext.fields.fitting as fitting
-    from monai_ext.data import cbct_geometry, cbct_scans
-    from monai_ext.fields import train_backbone
+def test_own_data_neural_field_engine_takes_the_steps_of_the_backbone_training_and_resumes(tmp_path):
+    """The bundle's backbone trainer (a MONAI ``SupervisedTrainer``) takes bitwise the steps of
+    ``train_conditioned_field`` (same scans, rays, losses and final backbone); interrupted after its first epoch and
+    resumed with ``resume=true``, it continues with the same losses to the same weights."""
+    from monai_ext.data import case_tensors
+    from monai_ext.fields import ModulatedAttenuationField, box_half_widths, train_conditioned_field
+    from monai_ext.fields.rendering import ConeBeamRays
 
-    geometry = cbct_geometry(6, (8, 8, 8), 20.0, (8, 8))
-    projections = cbct_scans("train", 3, geometry, 1e5).projections
-    args = {"latent_channels": 2, "modulation_resolution": 4, "encoding_args": {"n_levels": 2, "features_per_level": 2, "base_resolution": 4,
-                                                                               "finest_resolution": 8}, "hidden": 8}
-    schedule = {"n_steps": 6, "scans_per_step": 2, "rays_per_step": 32, "n_samples": 8}
-    whole = train_backbone(geometry, projections, str(tmp_path / "whole" / "model.pt"), args, schedule, progress=False,
-                           checkpoint_dir=str(tmp_path / "whole_ckpt"), checkpoint_every=2)
-    calls, ray_loss = [0], fitting._ray_loss
+    volumes, _ = _thorax_volumes(4, shape=(8, 8, 8), spacing=20.0)
+    data = tmp_path / "data"
+    _write_cases(volumes[:3], data / "training", (20.0,) * 3)
+    _write_cases(volumes[3:], data / "validation", (20.0,) * 3, prefix="val")
+    from monai_ext.data import cbct_geometry
 
-    def interrupted(*a, **k):
-        calls[0] += 1
-        if calls[0] > 8:  # 2 scans a step: the 9th call is in step 5
-            raise KeyboardInterrupt
-        return ray_loss(*a, **k)
+    _write_geometry(data, cbct_geometry(6, (8, 8, 8), 20.0, (8, 8)))
+    args = {"latent_channels": 2, "modulation_resolution": 4, "encoding": "grid", "hidden": 8, "n_hidden": 1, "seed": 0,
+            "encoding_args": {"n_levels": 2, "features_per_level": 2, "base_resolution": 4, "finest_resolution": 8}}
+    small = {"max_epochs": 3, "steps_per_epoch": 2, "scans_per_step": 2, "rays_per_step": 32, "n_samples": 8, "backbone_args": args,
+             "val_fit#n_steps": 2}
 
-    monkeypatch.setattr(fitting, "_ray_loss", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train_backbone(geometry, projections, str(tmp_path / "cut" / "model.pt"), args, schedule, progress=False,
-                       checkpoint_dir=str(tmp_path / "cut_ckpt"), checkpoint_every=2)
-    assert [p.name for p in (tmp_path / "cut_ckpt").iterdir()] == ["backbone_step=4_rank0.pt"]
-    monkeypatch.setattr(fitting, "_ray_loss", ray_loss)
-    resumed = train_backbone(geometry, projections, str(tmp_path / "cut" / "model.pt"), args, schedule, progress=False,
-                             checkpoint_dir=str(tmp_path / "cut_ckpt"), checkpoint_every=2, resume=True)
-    assert resumed["resumed_at_step"] == 4 and resumed["loss_every_10_steps"] == whole["loss_every_10_steps"]
-    assert resumed["final_loss"] == whole["final_loss"]
-    a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    parser, trainer = _trainer(NF, data, tmp_path / "whole", **small)
+    trainer.run()
+    whole = trainer.losses
+    backbone = {k: v.clone() for k, v in parser.get_parsed_content("network").backbone.state_dict().items()}
+    assert [i for i, _ in whole] == list(range(1, 7))
+
+    geometry = parser.get_parsed_content("geometry")
+    projections = case_tensors(parser.get_parsed_content("train#dataset"))[1]
+    reference = ModulatedAttenuationField(box_half_widths(geometry.image_shape, geometry.pixel_size), **args)
+    _, info = train_conditioned_field(reference, projections, ConeBeamRays(geometry), n_steps=6, scans_per_step=2, rays_per_step=32,
+                                      n_samples=8, lr=0.005, modulation_lr=0.03, final_lr_fraction=0.1, seed=0, progress=False)
+    assert info["loss_trace"] == [loss for _, loss in whole]
+    assert all(torch.equal(reference.state_dict()[k], backbone[k]) for k in backbone)
+
+    parser, trainer = _trainer(NF, data, tmp_path / "cut", **small)
+    _stop_after(trainer, 1)
+    trainer.run()
+    assert trainer.losses == whole[:2]
+    parser, trainer = _trainer(NF, data, tmp_path / "cut", resume=True, **small)
+    trainer.run()
+    assert trainer.losses == whole[2:]
+    resumed = parser.get_parsed_content("network").backbone.state_dict()
+    assert all(torch.equal(resumed[k], backbone[k]) for k in backbone)
+    saved = torch.load(tmp_path / "cut" / "models" / "model.pt", weights_only=True)
+    assert saved["config"]["hidden"] == 8 and set(saved["state_dict"]) == set(backbone)
 
 
 def test_own_data_shipped_ct_weights_refuse_another_geometry(tmp_path):

@@ -21,8 +21,6 @@ BUNDLES = sorted(p for p in (ROOT / "bundles").iterdir() if p.is_dir())
 KNOWN_OPEN = {
     ("ct_learned_reconstruction", "file_sizes"): "issue 19: fbpconvnet.pt (1.6 MB), mmse_cnn.pt (2.6 MB) and noise_free/fbpconvnet.pt exceed "
     "the Zoo's 1 MB pre-commit limit; the Zoo hosts such files through large_files.yml, this repository commits its weights",
-    **{(name, "train_ids"): "issue 20: the backbone and the DEQ learning are loops of their own, not MONAI engines "
-       "(no train#trainer, train#dataset, train#inferer)" for name in ("cbct_neural_field", "dynamic_pet_deq_reconstruction")},
 }
 
 

@@ -436,6 +436,38 @@ def broyden_solve(
     return monitor.result(z0.shape, warn)
 
 
+def _givens_least_squares(column: torch.Tensor, rotated: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, g: torch.Tensor,
+                           j: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """GMRES's least-squares problem ``min_y |beta e_1 - H y|`` after Arnoldi step ``j``, by Givens rotations.
+
+    ``column`` (``(B, j + 2)``) is the new column of the Hessenberg matrix; the earlier rotations are applied to it,
+    a new one zeroes its subdiagonal entry, and ``rotated`` (the triangular factor), ``cos``/``sin`` and the rotated
+    right-hand side ``g`` are updated in place. Returns ``y`` (``(B, j + 1)``, by back substitution) and the residual
+    norm ``|g_{j+1}|``. Only elementwise operations: unlike LAPACK's least squares (``torch.linalg.lstsq``, whose
+    result varies in the last bits with the memory alignment of its operands), the result is the same in every run,
+    so that a learning that differentiates through this solve is reproducible.
+    """
+    column = column.clone()
+    for i in range(j):
+        upper = cos[:, i] * column[:, i] + sin[:, i] * column[:, i + 1]
+        column[:, i + 1] = -sin[:, i] * column[:, i] + cos[:, i] * column[:, i + 1]
+        column[:, i] = upper
+    norm = torch.hypot(column[:, j], column[:, j + 1])
+    safe = norm > 0
+    cos[:, j] = torch.where(safe, column[:, j] / torch.where(safe, norm, torch.ones_like(norm)), torch.ones_like(norm))
+    sin[:, j] = torch.where(safe, column[:, j + 1] / torch.where(safe, norm, torch.ones_like(norm)), torch.zeros_like(norm))
+    rotated[:, : j + 1, j] = column[:, : j + 1]
+    rotated[:, j, j] = norm
+    g[:, j + 1] = -sin[:, j] * g[:, j]
+    g[:, j] = cos[:, j] * g[:, j]
+    y = torch.zeros_like(g[:, : j + 1])
+    for i in range(j, -1, -1):
+        acc = g[:, i] - (rotated[:, i, i + 1 : j + 1] * y[:, i + 1 : j + 1]).sum(dim=1)
+        diagonal = rotated[:, i, i]
+        y[:, i] = torch.where(diagonal != 0, acc / torch.where(diagonal != 0, diagonal, torch.ones_like(diagonal)), torch.zeros_like(acc))
+    return y, g[:, j + 1].abs()
+
+
 def gmres_solve(
     f: Callable[[torch.Tensor], torch.Tensor],
     z0: torch.Tensor,
@@ -497,32 +529,33 @@ def gmres_solve(
         r = (fz - z).to(work)
         beta = torch.linalg.vector_norm(r, dim=1)
         basis = r.new_zeros(bsz, m + 1, dim)
-        hess = r.new_zeros(bsz, m + 1, m)
+        rotated = r.new_zeros(bsz, m + 1, m)  # the Hessenberg matrix after the Givens rotations: upper triangular
+        cos, sin = r.new_zeros(bsz, m), r.new_zeros(bsz, m)
+        g = r.new_zeros(bsz, m + 1)
+        g[:, 0] = beta
         basis[:, 0] = r / beta.clamp_min(torch.finfo(work).tiny)[:, None]
         y, used = None, 0
         for j in range(m):
             v = basis[:, j]
             w = (v - (f_flat(z + v.to(z.dtype)).to(work) - fz.to(work)))
             evaluations += 1
+            column = r.new_zeros(bsz, j + 2)
             for i in range(j + 1):  # modified Gram-Schmidt
                 h = (w * basis[:, i]).sum(dim=1)
-                hess[:, i, j] = h
+                column[:, i] = h
                 w = w - h[:, None] * basis[:, i]
             h_next = torch.linalg.vector_norm(w, dim=1)
-            hess[:, j + 1, j] = h_next
+            column[:, j + 1] = h_next
             basis[:, j + 1] = w / h_next.clamp_min(torch.finfo(work).tiny)[:, None]
             used = j + 1
-            rhs = torch.zeros(bsz, used + 1, 1, dtype=work, device=z.device)
-            rhs[:, 0, 0] = beta
-            y = torch.linalg.lstsq(hess[:, : used + 1, :used], rhs).solution
-            estimate = torch.linalg.vector_norm(rhs - hess[:, : used + 1, :used] @ y, dim=(1, 2))
-            candidate = z.to(work) + (basis[:, :used].transpose(1, 2) @ y)[..., 0]
+            y, estimate = _givens_least_squares(column, rotated, cos, sin, g, j)
+            candidate = z.to(work) + (basis[:, :used].transpose(1, 2) @ y[..., None])[..., 0]
             rel = estimate / (torch.linalg.vector_norm(candidate, dim=1) + eps)
             if bool((rel <= tol).all()) or bool((h_next <= 1e-14 * beta.clamp_min(1e-300)).all()):
                 break
         if y is None:
             break
-        z = (z.to(work) + (basis[:, :used].transpose(1, 2) @ y)[..., 0]).to(z.dtype)
+        z = (z.to(work) + (basis[:, :used].transpose(1, 2) @ y[..., None])[..., 0]).to(z.dtype)
     _, info = monitor.result(z0.shape, warn=False)
     info = dataclasses.replace(info, nstep=evaluations)
     if warn:

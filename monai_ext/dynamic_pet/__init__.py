@@ -5,6 +5,7 @@ Built on the PET physics of :mod:`monai_ext.pet` and the fixed-point layers of :
 - ``regularised_mm``: the regularised dynamic objective (Poisson + temporal + smoothed TV) and its monotone MM map.
 - ``noise_realisations``: Poisson realisations of one slice at one dose, the data of hyperparameter learning.
 - ``hyperparameter_learning``: DEQ learning of the regularisation weights; grid search and TPE baselines.
+- ``learning_engine``: that learning as MONAI engines, for one or several groups of realisations.
 - ``dose_model``: parametric fits of the weights against the dose and the dose model file.
 - ``dose_adaptive_reconstruction``: reconstruction with the weights of a dose model.
 """
@@ -16,9 +17,11 @@ from .hyperparameter_learning import (
     RegularisationWeights,
     SearchResult,
     grid_search,
+    hypergradient_step,
     learn_hyperparameters_deq,
     tpe_search,
 )
+from .learning_engine import GroupBatches, GroupWeights, HypergradientStep, ValidationStep
 from .noise_realisations import NoiseRealisations, exam_realisations, simulate_realisations
 from .regularised_mm import (
     RegularisedMMMap,
@@ -45,6 +48,11 @@ __all__ = [
     "FixedPointProblem",
     "SearchResult",
     "learn_hyperparameters_deq",
+    "hypergradient_step",
+    "GroupWeights",
+    "GroupBatches",
+    "HypergradientStep",
+    "ValidationStep",
     "grid_search",
     "tpe_search",
     "DOSE_MODELS",

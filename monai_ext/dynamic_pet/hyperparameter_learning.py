@@ -55,6 +55,7 @@ __all__ = [
     "FixedPointProblem",
     "SearchResult",
     "learn_hyperparameters_deq",
+    "hypergradient_step",
     "grid_search",
     "best_trial_index",
     "hypergradient_error",
@@ -288,6 +289,28 @@ class SearchResult:
         return dataclasses.asdict(self)
 
 
+def hypergradient_step(problem: FixedPointProblem, weights: RegularisationWeights, optimiser: torch.optim.Optimizer, batch: Sequence[int]) -> float:
+    """One Adam step of the DEQ learning on the realisations ``batch``; returns the batch's MSE.
+
+    Under ``torch.distributed`` each rank solves its share ``batch[rank::world_size]``, the gradients are averaged
+    with the share sizes as weights and the solutions exchanged (every rank keeps the warm starts of a single
+    process); the returned loss is the batch mean over all ranks.
+    """
+    batch = [int(i) for i in batch]
+    share = shard(batch)
+    optimiser.zero_grad()
+    loss = torch.zeros((), dtype=torch.float64)
+    if share:  # a rank's share of a short last batch may be empty: it still takes part in the averaging
+        x = problem.reconstruct(share, weights.eta, weights.lambdas)
+        loss = problem.loss(x)
+        loss.backward()
+    if rank_and_world_size()[1] > 1:
+        (loss,) = average_gradients(weights.parameters(), len(share), [loss.detach()])
+        problem.warm[batch] = gather_shards(problem.warm[share], len(batch))
+    optimiser.step()
+    return float(loss.detach())
+
+
 def learn_hyperparameters_deq(
     problem: FixedPointProblem,
     train_idx: Sequence[int],
@@ -343,25 +366,12 @@ def learn_hyperparameters_deq(
     train_idx = list(train_idx)
     history, clock = [], problem.clock()
     epoch_loss = float("nan")
-    world = rank_and_world_size()[1]
     log = log if is_main_process() else None
     for epoch in range(int(epochs)):
         order = [train_idx[i] for i in torch.randperm(len(train_idx), generator=generator).tolist()]
         losses = []
         for b in range(0, len(order), int(batch_size)):
-            batch = order[b : b + int(batch_size)]
-            share = shard(batch)
-            optimiser.zero_grad()
-            loss = torch.zeros((), dtype=torch.float64)
-            if share:  # a rank's share of a short last batch may be empty: it still takes part in the averaging
-                x = problem.reconstruct(share, weights.eta, weights.lambdas)
-                loss = problem.loss(x)
-                loss.backward()
-            if world > 1:
-                (loss,) = average_gradients(weights.parameters(), len(share), [loss.detach()])
-                problem.warm[batch] = gather_shards(problem.warm[share], len(batch))
-            optimiser.step()
-            loss = float(loss.detach())
+            loss = hypergradient_step(problem, weights, optimiser, order[b : b + int(batch_size)])
             losses.append(loss)
             backward = problem.deq.backward_info
             history.append(

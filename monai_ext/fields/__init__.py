@@ -2,6 +2,7 @@
 (CondCBNT / neural modulation fields style), differentiable ray rendering consistent with ``monai_ext.tomo``, and
 their fitting."""
 
+from .backbone_engine import ConditionedFields, ModulationFitStep, RandomScanSubsets, RayBatchStep, save_conditioned_backbone
 from .encodings import FourierFeatures, MultiResolutionGrid, level_resolutions, make_encoding, sample_grid
 from .fields import (
     AttenuationField,
@@ -44,4 +45,9 @@ __all__ = [
     "save_backbone",
     "load_backbone",
     "train_backbone",
+    "ConditionedFields",
+    "RandomScanSubsets",
+    "RayBatchStep",
+    "ModulationFitStep",
+    "save_conditioned_backbone",
 ]

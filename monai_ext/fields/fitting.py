@@ -143,9 +143,6 @@ def train_conditioned_field(
     final_lr_fraction: float = 0.1,
     seed: int = 0,
     progress: bool = True,
-    checkpoint_dir: str | None = None,
-    checkpoint_every: int = 100,
-    resume=False,
 ) -> tuple[torch.Tensor, dict]:
     """Train the backbone and one modulation grid per training scan jointly, from projections only.
 
@@ -159,10 +156,9 @@ def train_conditioned_field(
         n_samples, final_lr_fraction, seed, progress: as :func:`fit_field`.
         lr: backbone learning rate.
         modulation_lr: learning rate of the modulation grids.
-        checkpoint_dir: where to write a checkpoint every ``checkpoint_every`` steps (``None``: none).
-        checkpoint_every: steps between checkpoints.
-        resume: continue from the newest checkpoint of ``checkpoint_dir`` (``True``) or from a checkpoint path:
-            the same steps with the same losses as a run never interrupted.
+
+    The neural-field bundle's ``train.json`` runs these steps as MONAI engines (checkpoints, resumption,
+    validation): :mod:`monai_ext.fields.backbone_engine`.
 
     Under ``torch.distributed`` (a process group is initialised) the training is data parallel: rank ``r`` of ``W``
     owns the scans ``r::W`` and their modulation grids only, draws ``scans_per_step`` of them per step (a per-rank
@@ -208,16 +204,7 @@ def train_conditioned_field(
 
     optimiser_groups = [{"params": shared, "lr": lr}, {"params": [modulations], "lr": modulation_lr}]
     synchronise = None if world == 1 else lambda loss: average_gradients(shared, per_step, [loss])[0]
-    from ..flags import as_flag_or_file
-
-    checkpoints = None
-    if checkpoint_dir is not None:
-        from .step_checkpoints import StepCheckpoints
-
-        checkpoints = StepCheckpoints(checkpoint_dir, checkpoint_every, resume, {"backbone": backbone, "modulations": modulations}, gen)
-    elif as_flag_or_file(resume, "resume") is not False:
-        raise ValueError("resume needs checkpoint_dir: the folder the interrupted run wrote its checkpoints to.")
-    info = _optimise(optimiser_groups, step_loss, n_steps, final_lr_fraction, progress and rank == 0, "backbone training", synchronise, checkpoints)
+    info = _optimise(optimiser_groups, step_loss, n_steps, final_lr_fraction, progress and rank == 0, "backbone training", synchronise)
     info["scan_indices"] = owned
     return modulations.detach(), info
 
@@ -230,19 +217,17 @@ def _optimise(
     progress: bool,
     description: str,
     after_backward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    checkpoints=None,
 ) -> dict:
     """Adam on parameter groups (each with its ``lr``), exponential decay to ``final_lr_fraction``, tqdm bar of the loss.
 
     ``after_backward(loss)`` runs between the backward pass and the step (e.g. to average gradients across ranks)
-    and returns the loss to record. ``checkpoints`` (a :class:`~monai_ext.fields.step_checkpoints.StepCheckpoints`)
-    resumes the loop from its checkpoint and writes new ones as it goes."""
+    and returns the loss to record."""
     optimiser = torch.optim.Adam(groups)
     decay = final_lr_fraction ** (1.0 / max(1, n_steps - 1))
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimiser, decay)
-    first, trace = checkpoints.restore(optimiser, scheduler) if checkpoints is not None else (0, [])
+    trace: list[float] = []
     start = time.perf_counter()
-    bar = tqdm(range(first, int(n_steps)), desc=description, disable=not progress, leave=False, mininterval=0.5, initial=first, total=int(n_steps))
+    bar = tqdm(range(int(n_steps)), desc=description, disable=not progress, leave=False, mininterval=0.5)
     for step in bar:
         optimiser.zero_grad(set_to_none=True)
         loss = step_loss()
@@ -254,10 +239,8 @@ def _optimise(
         trace.append(float(loss.detach()))
         if step % 10 == 0 or step == n_steps - 1:
             bar.set_postfix(data_loss=f"{trace[-1]:.3e}")
-        if checkpoints is not None and checkpoints.due(step + 1, int(n_steps)):
-            checkpoints.save(step + 1, optimiser, scheduler, trace)
     bar.close()
-    return {"loss_trace": trace, "final_loss": trace[-1], "seconds": time.perf_counter() - start, "steps": int(n_steps), "resumed_at": first}
+    return {"loss_trace": trace, "final_loss": trace[-1], "seconds": time.perf_counter() - start, "steps": int(n_steps)}
 
 
 def fit_field_to_volume(

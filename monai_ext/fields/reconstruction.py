@@ -65,9 +65,6 @@ def train_backbone(
     progress: bool = True,
     backbone: ModulatedAttenuationField | None = None,
     record: dict | None = None,
-    checkpoint_dir: str | None = None,
-    checkpoint_every: int = 100,
-    resume=False,
 ) -> dict:
     """Train a conditioned-field backbone on the scans ``projections`` of ``geometry`` and save it.
 
@@ -90,8 +87,9 @@ def train_backbone(
         backbone: a backbone to train further in place (e.g. a trained one, to fine-tune it); ``backbone_args`` must
             then be ``None``.
         record: more entries for the training record.
-        checkpoint_dir, checkpoint_every, resume: checkpoints to resume an interrupted training from (see
-            :func:`train_conditioned_field`).
+
+    The bundle's ``train.json`` trains with MONAI engines instead (validation, checkpoints, resumption):
+    :mod:`monai_ext.fields.backbone_engine`.
 
     Returns:
         the training record written to the JSON file.
@@ -110,8 +108,7 @@ def train_backbone(
     backbone = backbone.to(device)
     rays = ConeBeamRays(geometry, device=device)
     args = dict(train_args or {})
-    _, info = train_conditioned_field(backbone, projections.to(device), rays, progress=progress, checkpoint_dir=checkpoint_dir,
-                                      checkpoint_every=checkpoint_every, resume=resume, **args)
+    _, info = train_conditioned_field(backbone, projections.to(device), rays, progress=progress, **args)
     from monai_ext.io.files import geometry_to_dict
     from monai_ext.workflows.training_runs import record_path
 
@@ -128,7 +125,6 @@ def train_backbone(
         "seconds": round(info["seconds"], 1),
         "device": str(device),
         "final_loss": info["final_loss"],
-        "resumed_at_step": info["resumed_at"],
         "loss_every_10_steps": [round(v, 6) for v in info["loss_trace"][::10]],
         "backbone_parameters_mib": round(parameter_mebibytes(backbone), 4),
     }
@@ -239,7 +235,6 @@ class NeuralFieldReconstruction(torch.nn.Module):
         summary = {
             "seconds": time.perf_counter() - start,
             "final_loss": info["final_loss"],
-        "resumed_at_step": info["resumed_at"],
             "steps": info["steps"],
             "fitted_parameters_mib": fitted,
             "field_parameters_mib": held,

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["RunState", "attach_handlers", "resume_checkpoint", "SaveBestModel", "write_training_record", "record_path", "read_record", "run_geometry", "check_trained_geometry", "ProgressBar"]
+__all__ = ["RunState", "attach_handlers", "resume_checkpoint", "SaveBestModel", "write_training_record", "FinalValidation", "record_path", "read_record", "run_geometry", "check_trained_geometry", "ProgressBar"]
 
 _CHECKPOINT = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
@@ -36,12 +36,14 @@ class RunState:
     Args:
         transforms: MONAI transforms or a ``Compose``; the ``Randomizable`` ones (with an ``R``) are saved.
         evaluator: the validation engine whose ``best_metric`` and ``best_metric_epoch`` are kept.
+        generators: torch generators of the run's own draws (e.g. the rays of a neural-field training).
     """
 
-    def __init__(self, transforms=(), evaluator=None) -> None:
+    def __init__(self, transforms=(), evaluator=None, generators: tuple = ()) -> None:
         items = getattr(transforms, "transforms", transforms) or ()
         self.transforms = list(dict.fromkeys(t for t in _flatten(items) if hasattr(t, "R")))
         self.evaluator = evaluator
+        self.generators = list(generators or ())
 
     def state_dict(self) -> dict:
         best = (float(self.evaluator.state.best_metric), int(self.evaluator.state.best_metric_epoch)) if self.evaluator is not None else (0.0, -1)
@@ -52,6 +54,7 @@ class RunState:
             "numpy": _numpy_state(np.random.get_state()),
             "python": _python_state(random.getstate()),
             "transforms": [_numpy_state(t.R.get_state()) for t in self.transforms],
+            "generators": [g.get_state() for g in self.generators],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -63,6 +66,12 @@ class RunState:
         random.setstate((state["python"][0], tuple(int(v) for v in state["python"][1].tolist()), state["python"][2]))
         for transform, saved in zip(self.transforms, state["transforms"]):
             transform.R.set_state(_numpy_tuple(saved))
+        generators = state.get("generators", [])
+        if len(generators) != len(self.generators):
+            raise ValueError(f"the checkpoint holds {len(generators)} generator state(s); this run has {len(self.generators)}: "
+                             "resume with the configuration that wrote it.")
+        for generator, saved in zip(self.generators, generators):
+            generator.set_state(saved)
         if self.evaluator is not None:
             self.evaluator.state.best_metric = float(state["best_metric"])
             self.evaluator.state.best_metric_epoch = int(state["best_metric_epoch"])
@@ -158,12 +167,15 @@ class SaveBestModel:
         i0: photons per detector pixel of the simulated scans (``None``: noise-free).
         dataset: the data set's summary (``monai_ext.io.TrainingSet.summary()`` or the built-in phantoms').
         settings: anything else to keep (method, epochs, batch size, learning rate).
+        save: ``save(network, path)`` writes the weights in another form than a plain state dict (e.g. a
+            neural-field backbone with its constructor arguments); the default is ``torch.save(state_dict)``.
     """
 
-    def __init__(self, network, weights_file: str, geometry, i0, dataset: dict, settings: dict | None = None) -> None:
+    def __init__(self, network, weights_file: str, geometry, i0, dataset: dict, settings: dict | None = None, save=None) -> None:
         self.network = network
         self.weights_file = str(weights_file)
         self.geometry, self.i0, self.dataset, self.settings = geometry, i0, dict(dataset), dict(settings or {})
+        self.save = save
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -179,8 +191,11 @@ class SaveBestModel:
             return
         network = getattr(self.network, "module", self.network)
         Path(self.weights_file).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.weights_file, suffix=".pt") as tmp:
-            torch.save(network.state_dict(), tmp)
+        if self.save is not None:
+            self.save(network, self.weights_file)
+        else:
+            with atomic_path(self.weights_file, suffix=".pt") as tmp:
+                torch.save(network.state_dict(), tmp)
         write_training_record(self.weights_file, self.geometry, self.i0, self.dataset,
                               {"metric": engine.state.key_metric_name, "value": float(engine.state.best_metric), "epoch": int(engine.state.epoch)},
                               self.settings)
@@ -257,6 +272,30 @@ def check_trained_geometry(geometry, weights_file: str, geometry_file: str = "",
 
 def _mm_box(sizes) -> str:
     return " x ".join(f"{v:g}" for v in sizes) + " mm"
+
+
+class FinalValidation:
+    """A trainer handler that validates after the last epoch when ``val_interval`` does not divide ``max_epochs``
+    (MONAI's ``ValidationHandler`` validates every ``interval`` epochs only): the best model is never one that
+    the last epochs could have beaten unseen, and a run shorter than ``val_interval`` still writes its weights.
+
+    Args:
+        validator: the evaluator.
+        interval: the ``ValidationHandler``'s interval.
+    """
+
+    def __init__(self, validator, interval: int) -> None:
+        self.validator, self.interval = validator, int(interval)
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        epoch = engine.state.epoch
+        if epoch == engine.state.max_epochs and epoch % self.interval:
+            self.validator.run(epoch)
 
 
 class ProgressBar:

@@ -3,20 +3,21 @@
 Each runner simulates its data with :func:`monai_ext.dynamic_pet.noise_realisations.simulate_realisations`, works on any
 device, writes its results (JSON, PNG) atomically into ``output_dir`` and returns them as a dict:
 
-- :func:`learn_case`: DEQ learning of ``eta`` and ``lambda_1..T`` for one phantom, slice and dose (``train.json``).
+- :func:`learn_case`: DEQ learning of ``eta`` and ``lambda_1..T`` for one phantom, slice and dose (the same steps as
+  ``train.json``'s engine; used by the comparison and the dose sweep).
 - :func:`compare_estimators`: DEQ (``1 + T`` parameters) against grid search and TPE (scalar ``lambda``) at the same
   wall-clock budget, validation MSEs, learned weights against frame SNR, Anderson against plain MM iteration, and a
   figure of reference and absolute errors (``evaluate.json``, the paper's Table I and Fig. 1).
 - :func:`dose_sweep`: learning at several doses, the four parametric fits against ``D`` and the dose model file
   (``dose_sweep.json``, the paper's Fig. 2).
-- :func:`learn_from_exams`: the learning on a user's exams instead of simulated ones (``train.json`` with
-  ``dataset_dir``), one run per group of realisations, and the dose model refitted from the learned weights.
+- :func:`learning_groups`, :func:`group_weights`, :func:`write_learning`: ``train.json``'s learning by MONAI engines
+  (``monai_ext.dynamic_pet.learning_engine``), of one simulated case or of a user's exam groups (``dataset_dir``),
+  and the dose model refitted from the learned weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -53,7 +54,10 @@ __all__ = [
     "rescore_comparison",
     "compare_solvers",
     "dose_sweep",
-    "learn_from_exams",
+    "LearningGroup",
+    "learning_groups",
+    "group_weights",
+    "write_learning",
     "table_i",
     "exam_groups",
     "comparison_table",
@@ -730,28 +734,51 @@ def _check_grid(data: NoiseRealisations, simulator: DynamicPETSimulator, group: 
                          f"{tuple(simulator.geometry.sinogram_shape)} (image_shape, view_mashing in the config).")
 
 
-def learn_from_exams(
-    dataset_dir: str,
+@dataclasses.dataclass
+class LearningGroup:
+    """One learning problem of ``train.json``: the realisations of one subject, slice and dose, their split, their
+    settings and their :class:`FixedPointProblem`.
+
+    Attributes:
+        name: the group's name (its folder, or ``subject<seed>_dose<D in M>`` for simulated data).
+        dose: ``D`` (counts of the whole exam).
+        subject_seed: the simulated phantom (``-1`` for a user's exams).
+        data: the realisations.
+        learning: the group's :class:`LearningSettings` (split and batch size).
+        problem: its fixed-point problem.
+        exams: the exam folders of a user's group (empty for simulated data).
+    """
+
+    name: str
+    dose: float
+    subject_seed: int
+    data: NoiseRealisations
+    learning: LearningSettings
+    problem: FixedPointProblem
+    exams: list = dataclasses.field(default_factory=list)
+
+    @property
+    def split(self) -> tuple[list[int], list[int]]:
+        return self.data.split(self.learning.n_train)
+
+
+def learning_groups(
     simulator: DynamicPETSimulator,
     *,
     learning: LearningSettings | dict | None = None,
     solver: SolverSettings | dict | None = None,
     device: str | torch.device = "cpu",
-    output_dir: str,
-    dose_model_file: str | None = None,
+    dataset_dir: str = "",
     validation_fraction: float = 0.2,
-    resume=False,
-) -> dict:
-    """DEQ learning of ``eta`` and ``lambda_1..T`` from a user's exams, one run per group, and the dose model refitted.
+    subject_seed: int = 0,
+    dose: float = 300e6,
+) -> list[LearningGroup]:
+    """The groups ``train.json`` learns: the user's exam groups under ``dataset_dir`` (see :func:`exam_groups`; every
+    exam read and checked before the first step), or without it one simulated group (``subject_seed``, ``dose``).
 
-    Every group (see :func:`exam_groups`) is read and checked before the first run. A group of ``N`` realisations
-    learns from the first ``N - ceil(validation_fraction N)`` and validates on the rest; its dose is each exam's
-    ``total_counts / slice_fraction``. Each run writes ``<output_dir>/<group>/learned_hyperparameters.json``. With
-    learned weights at 2 doses or more, the four parametric models are fitted against ``D`` (as :func:`dose_sweep`)
-    and the dose model goes to ``dose_model_file`` with its figures; with fewer, the record says why it was not.
-    ``<output_dir>/learning_record.json`` holds the groups, doses, weights, validation MSEs and the dose model.
-    With ``resume``, a group whose ``learned_hyperparameters.json`` an interrupted run already wrote (for the same
-    dose and number of realisations) is taken from it instead of learned again.
+    A user's group of ``N`` realisations learns from the first ``N - ceil(validation_fraction N)`` and validates on
+    the rest, with batches of at most its training realisations; its dose is each exam's ``total_counts /
+    slice_fraction``.
 
     Raises:
         FileNotFoundError: no exam, or an exam without its reference or sinograms.
@@ -761,37 +788,105 @@ def learn_from_exams(
     import math
 
     learning, solver = _settings(LearningSettings, learning), _settings(SolverSettings, solver)
+    if not dataset_dir:
+        data = _simulate(simulator, float(dose), int(subject_seed), learning)
+        name = f"subject{int(subject_seed)}_dose{float(dose) / 1e6:g}M"
+        return [LearningGroup(name, float(dose), int(subject_seed), data, learning, solver.problem(data, device))]
     if not 0 < float(validation_fraction) < 1:
         raise ValueError(f"validation_fraction must lie in (0, 1), got {validation_fraction}.")
-    groups = exam_groups(dataset_dir)
-    data = {}
-    for name, folders in groups.items():
-        data[name] = exam_realisations(folders, slice_fraction=learning.slice_fraction)
-        _check_grid(data[name], simulator, name)
-    from monai_ext.flags import as_flag
-
-    resume = as_flag(resume, "resume")
-    runs = []
-    for name, realisations in data.items():
-        n = realisations.n_realisations
+    groups = []
+    for name, folders in exam_groups(dataset_dir).items():
+        data = exam_realisations(folders, slice_fraction=learning.slice_fraction)
+        _check_grid(data, simulator, name)
+        n = data.n_realisations
         n_train = n - max(1, math.ceil(float(validation_fraction) * n))
         settings = dataclasses.replace(learning, n_realisations=n, n_train=n_train, batch_size=min(learning.batch_size, n_train))
-        done = Path(output_dir) / name / "learned_hyperparameters.json"
-        run = json.loads(done.read_text()) if resume and done.is_file() else None
-        if run is not None and (run.get("dose") != realisations.dose or run.get("learning", {}).get("n_realisations") != n):
-            raise ValueError(f"--resume true, but {done} was learned from another group (dose {run.get('dose')}, "
-                             f"{run.get('learning', {}).get('n_realisations')} realisations; now {realisations.dose} and {n}): use another output_dir.")
-        if run is not None:
-            logger.info(f"group {name}: taken from {done} (--resume true)")
-        else:
-            run = learn_case(simulator, realisations.dose, -1, learning=settings, solver=solver, device=device,
-                             output_dir=str(Path(output_dir) / name), data=realisations)
-        runs.append({"group": name, "exams": [str(p) for p in groups[name]], "dose": run["dose"], "eta": run["eta"], "lambdas": run["lambdas"],
-                     "val_mse": run["val_mse"], "initial_val_mse": run["initial_val_mse"], "seconds": run["seconds"]})
-    doses = sorted({r["dose"] for r in runs})
+        groups.append(LearningGroup(name, float(data.dose), -1, data, settings, solver.problem(data, device), [str(p) for p in folders]))
+    return groups
+
+
+def group_weights(groups: Sequence[LearningGroup], learning: LearningSettings | dict | None = None, per_frame: bool = True):
+    """The initial :class:`~monai_ext.dynamic_pet.GroupWeights` of ``groups`` (``eta_init``, ``lambda_init``)."""
+    from monai_ext.dynamic_pet import GroupWeights
+
+    learning = _settings(LearningSettings, learning)
+    return GroupWeights([RegularisationWeights(g.data.n_frames, learning.eta_init, learning.lambda_init, per_frame=per_frame) for g in groups])
+
+
+def write_learning(
+    groups: Sequence[LearningGroup],
+    network,
+    step,
+    validation,
+    simulator: DynamicPETSimulator,
+    *,
+    solver: SolverSettings | dict | None = None,
+    device: str | torch.device = "cpu",
+    output_dir: str,
+    dataset_dir: str = "",
+    dose_model_file: str | None = None,
+) -> dict:
+    """What the engines learned, written as :func:`learn_case` writes it, once ``train#trainer`` has run.
+
+    Each group's ``learned_hyperparameters.json`` (weights, last-epoch training MSE, validation MSE of the learned
+    and of the initial weights, frame SNRs, compute seconds, per-step history) goes to ``output_dir`` for the
+    simulated group and to ``output_dir/<group>`` for a user's groups; for a user's data set also
+    ``learning_record.json`` and, with learned weights at 2 doses or more, the dose model refitted against ``D``
+    (as :func:`dose_sweep`) in ``dose_model_file`` with its figures.
+
+    Args:
+        groups: the learned groups (:func:`learning_groups`).
+        network: the trainer's :class:`~monai_ext.dynamic_pet.GroupWeights`.
+        step: the trainer's :class:`~monai_ext.dynamic_pet.HypergradientStep` (seconds, history).
+        validation: the evaluator's :class:`~monai_ext.dynamic_pet.ValidationStep` (its last validation MSEs).
+    """
+    solver = _settings(SolverSettings, solver)
+    network = getattr(network, "module", network)
+    runs = []
+    for k, group in enumerate(groups):
+        weights, last = network.groups[k], validation.last[k]
+        if last is None:
+            raise RuntimeError(f"group {group.name} was never validated: the trainer must run to its last epoch first.")
+        snr = frame_snr(group.data)
+        values = weights.values()
+        out = {
+            "subject_seed": group.subject_seed,
+            "dose": group.dose,
+            "setting": simulation_setting(simulator, solver, group.learning.slice_fraction),
+            "learning": dataclasses.asdict(group.learning),
+            "solver": dataclasses.asdict(solver),
+            "device": str(device),
+            "world_size": rank_and_world_size()[1],
+            "n_parameters": weights.n_parameters,
+            "eta": values["eta"],
+            "lambdas": values["lambdas"],
+            "train_mse": step.epoch_loss(k),
+            "val_mse": last["val_mse"],
+            "initial_val_mse": last["initial_val_mse"],
+            "validated_epoch": last["epoch"],
+            "seconds": step.seconds[k],
+            "wall_seconds": step.wall_seconds[k],
+            "clock": group.problem.clock().kind,
+            "frame_snr": snr,
+            "spearman_lambda_snr": _spearman(values["lambdas"], snr),
+            "history": step.history[k],
+        }
+        if group.exams:
+            out["exams"] = group.exams
+        folder = Path(output_dir) / group.name if dataset_dir else Path(output_dir)
+        if is_main_process():
+            logger.info(f"learned {group.name}: val MSE {out['initial_val_mse']:.5f} -> {out['val_mse']:.5f}, eta {out['eta']:.4g}, "
+                        f"{out['seconds']:.1f} s")
+            save_json(out, folder / "learned_hyperparameters.json")
+        runs.append({"group": group.name, "exams": group.exams, "dose": group.dose, "eta": out["eta"], "lambdas": out["lambdas"],
+                     "val_mse": out["val_mse"], "initial_val_mse": out["initial_val_mse"], "seconds": out["seconds"]})
     record = {"dataset_dir": str(dataset_dir), "groups": runs}
+    if not dataset_dir:
+        barrier()
+        return record
+    doses = sorted({r["dose"] for r in runs})
     if len(doses) >= 2:
-        setting = {**simulation_setting(simulator, solver, learning.slice_fraction), "groups": [r["group"] for r in runs]}
+        setting = {**simulation_setting(simulator, solver, groups[0].learning.slice_fraction), "groups": [r["group"] for r in runs]}
         model = DoseModel.fit([r["dose"] for r in runs], [r["eta"] for r in runs], [r["lambdas"] for r in runs], setting=setting)
         record["dose_model"] = {"refitted": True, "file": dose_model_file, **model.as_dict()}
         if is_main_process():
