@@ -506,16 +506,36 @@ def test_own_data_neural_field_engine_takes_the_steps_of_the_backbone_training_a
     assert saved["config"]["hidden"] == 8 and set(saved["state_dict"]) == set(backbone)
 
 
-def test_own_data_shipped_ct_weights_refuse_another_geometry(tmp_path):
-    """The shipped CT weights carry their records: LPD at 7 views (trained at 5) is refused, naming both; FBP, which
-    has no weights, runs there."""
+def test_own_data_shipped_ct_weights_refuse_another_geometry(tmp_path, caplog):
+    """The shipped CT weights carry their records: LPD at 7 views (trained at 5) is refused, naming both; with
+    ``--resample true`` it runs there and the log says at which geometry it was trained; FBP, which has no weights,
+    runs there."""
     parser = bundle_parser(CT, n_views=7, output_dir=str(tmp_path / "lpd"))
     parser.get_parsed_content("initialize")
     with pytest.raises(RuntimeError) as info:
         parser.get_parsed_content("run")
     message = str(_root_cause(info.value))
     assert "model.pt was trained at parallel beam: 64 x 64 at 4 mm, 5 views" in message and "7 views" in message
+    assert "--resample true" in message
+    parser = bundle_parser(CT, n_views=7, resample=True, output_dir=str(tmp_path / "adapted"))
+    parser.get_parsed_content("initialize")
+    with caplog.at_level("WARNING"):
+        parser.get_parsed_content("run")
+    assert "model.pt was trained at parallel beam: 64 x 64 at 4 mm, 5 views" in caplog.text and "runs at parallel beam: 64 x 64 at 4 mm, 7 views" in caplog.text
+    assert (tmp_path / "adapted" / "summary.json").is_file()
     parser = bundle_parser(CT, n_views=7, method="fbp", output_dir=str(tmp_path / "fbp"))
     parser.get_parsed_content("initialize")
     parser.get_parsed_content("run")
     assert (tmp_path / "fbp" / "summary.json").is_file()
+
+
+def test_own_data_shipped_cbct_lpd_weights_refuse_another_geometry(tmp_path):
+    """The shipped CBCT LPD and invertible LPD weights carry their records (50 views): at 20 views inference refuses
+    them instead of running the 50-view weights unannounced."""
+    for method, name in (("lpd", "model.pt"), ("invertible_lpd", "invertible_lpd.pt")):
+        parser = bundle_parser(CBCT, n_views=20, method=method, output_dir=str(tmp_path / method))
+        parser.get_parsed_content("initialize")
+        with pytest.raises(RuntimeError) as info:
+            parser.get_parsed_content("run")
+        message = str(_root_cause(info.value))
+        assert f"{name} was trained at cone beam" in message and "50 views" in message and "20 views" in message

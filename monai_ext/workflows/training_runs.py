@@ -233,9 +233,9 @@ def run_geometry(geometry, geometry_file: str = "", weights_file: str = ""):
     return chosen
 
 
-def check_trained_geometry(geometry, weights_file: str, geometry_file: str = "", grid_only: bool = False) -> None:
+def check_trained_geometry(geometry, weights_file: str, geometry_file: str = "", grid_only: bool = False, adapt=False) -> None:
     """Refuse to run ``weights_file`` at ``geometry`` when its training record says it was trained at another one
-    (weights without a record are not checked).
+    (weights without a record are not checked), unless ``adapt``: then say so in the log and let the run go on.
 
     Args:
         geometry: the run's geometry.
@@ -244,10 +244,16 @@ def check_trained_geometry(geometry, weights_file: str, geometry_file: str = "",
         grid_only: compare the field of view only (shape times voxel size), for models that depend neither on the
             acquisition nor on the sampling grid (a neural-field backbone is a continuous prior over volumes in its
             box, fitted to any scan of it and sampled on any grid).
+        adapt: run the weights at ``geometry`` anyway (``--resample true``): a learned iterative network (LPD,
+            unrolled) then applies this run's projector with the weights learned at the training geometry, a
+            post-processing network sees the artefacts of this geometry; the log names both geometries.
 
     Raises:
         ValueError: the weights were trained at another geometry (both are named, and how to run at theirs).
     """
+    import logging
+
+    from monai_ext.flags import as_flag
     from monai_ext.io.files import geometry_from_dict
     from monai_ext.tomo.adaptation import describe_geometry, same_geometry
 
@@ -265,9 +271,14 @@ def check_trained_geometry(geometry, weights_file: str, geometry_file: str = "",
         return
     if not same_geometry(trained, geometry):
         source = f"geometry_file {geometry_file}" if geometry_file else "the config"
+        if as_flag(adapt, "resample"):
+            logging.getLogger(__name__).warning(
+                f"{Path(weights_file).name} was trained at {describe_geometry(trained)} and runs at {describe_geometry(geometry)} "
+                f"({source}) because of --resample true: expect it to score below its training figures.")
+            return
         raise ValueError(f"{Path(weights_file).name} was trained at {describe_geometry(trained)}, and this run's geometry ({source}) is "
                          f"{describe_geometry(geometry)}: run with --geometry_file {record_path(weights_file)} to reconstruct at the "
-                         "training geometry (add --resample true for images on another grid).")
+                         "training geometry, or --resample true to run these weights at this geometry anyway.")
 
 
 def _mm_box(sizes) -> str:
