@@ -250,3 +250,35 @@ def test_cuda_matches_cpu():
     y = cpu(x)
     assert _rel(gpu.adjoint(y.cuda()).cpu(), cpu.adjoint(y)) < 1e-5
     assert _rel(fdk(y.cuda(), geometry).cpu(), fdk(y, geometry)) < 1e-4
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba kernels")
+@pytest.mark.parametrize("case", ["wide_cone", "offset_panel", "near_source", "float64"])
+def test_cone_adjoint_slab_rows_drop_only_rays_that_miss_the_slab(case):
+    """The 3D adjoint's tasks set up only the panel rows that can reach their slab of z planes
+    (``_slab_rows``); on geometries that stress that bound (a wide cone, an offset panel, a source close to the
+    volume, a float64 volume), the result equals the kernel's with every row given to every slab."""
+    from monai_ext.tomo.joseph_cpu import _adjoint_3d, _grid_arrays, _slab_rows, cone_view_table
+
+    shape = (24, 20, 22)
+    sod, sdd, det, spacing, offset = 200.0, 300.0, (26, 24), (3.0, 2.0), (0.0, 0.0)
+    if case == "wide_cone":
+        sod, sdd, det, spacing = 90.0, 200.0, (40, 30), (6.0, 4.0)
+    elif case == "offset_panel":
+        offset = (9.0, -7.0)
+    elif case == "near_source":
+        sod, sdd = 45.0, 120.0
+    geometry = ConeBeamGeometry(shape, (1.0, 1.5, 1.25), uniform_angles(17, 2 * math.pi), det, spacing, source_to_center=sod,
+                                source_to_detector=sdd, det_offset=offset)
+    dtype = np.float64 if case == "float64" else np.float32
+    views, u, v = cone_view_table(geometry)
+    proj = np.random.default_rng(0).random((1, len(geometry.angles) * det[0] * det[1])).astype(dtype)
+    grid, pitch, strides = _grid_arrays(shape, geometry.pixel_size)
+    for n_slabs in (2, 5):
+        row_lo, row_hi = _slab_rows(views, u, v, shape, geometry.pixel_size, n_slabs)
+        assert (row_hi > row_lo).all() and (row_hi - row_lo).min() < det[0], "every slab has rows, and some slab fewer than all"
+        restricted, every_row = (np.zeros((1, int(np.prod(shape))), dtype) for _ in range(2))
+        _adjoint_3d(proj, views, u, v, grid, pitch, strides, restricted, n_slabs, row_lo, row_hi, dtype == np.float32)
+        _adjoint_3d(proj, views, u, v, grid, pitch, strides, every_row, n_slabs, np.zeros(n_slabs, np.int64),
+                    np.full(n_slabs, det[0], np.int64), dtype == np.float32)
+        np.testing.assert_array_equal(restricted, every_row)

@@ -228,16 +228,52 @@ if HAS_NUMBA:
         if hi_b and hi_c:
             img[base + sb + sc] += w * fb * fc
 
+    @njit(**_JIT)
+    def _scatter_interior(img, k0, k1, qb0, dqb, qc0, dqc, w, sa, sb, sc, single):
+        """Transpose of the branch-free forward loop over planes ``[k0, k1)``, where all four bilinear neighbours
+        lie inside the volume. With ``single`` (a float32 volume) the weights are computed in float32: 1.3x faster
+        than float64 arithmetic on 2 cores, and rounded at the precision the volume is stored in anyway; the
+        indices stay float64, so each sample meets the same voxels as in the forward."""
+        if single:
+            w1 = np.float32(w)
+            for k in range(k0, k1):
+                qb, qc = qb0 + k * dqb, qc0 + k * dqc
+                ib, ic = int(qb), int(qc)
+                fb, fc = np.float32(qb - ib), np.float32(qc - ic)
+                base = k * sa + ib * sb + ic * sc
+                wb = w1 * fb
+                w0 = w1 - wb
+                img[base] += w0 - w0 * fc
+                img[base + sc] += w0 * fc
+                img[base + sb] += wb - wb * fc
+                img[base + sb + sc] += wb * fc
+        else:
+            for k in range(k0, k1):
+                qb, qc = qb0 + k * dqb, qc0 + k * dqc
+                ib, ic = int(qb), int(qc)
+                fb, fc = qb - ib, qc - ic
+                base = k * sa + ib * sb + ic * sc
+                wb = w * fb
+                w0 = w - wb
+                img[base] += w0 - w0 * fc
+                img[base + sc] += w0 * fc
+                img[base + sb] += wb - wb * fc
+                img[base + sb + sc] += wb * fc
+
     @njit(parallel=True, **_JIT)
-    def _adjoint_3d(proj, views, u, v, shape, spacing, strides, out, n_slabs):
-        # each task owns a slab of z planes and scatters every ray's samples that land in it: no two tasks write
-        # one voxel, so the result needs no per-thread copies of the volume (memory stays at the output's size)
-        n_rays, nz = views.shape[0] * u.shape[0] * v.shape[0], shape[2]
+    def _adjoint_3d(proj, views, u, v, shape, spacing, strides, out, n_slabs, row_lo, row_hi, single):
+        # each task owns a slab of z planes and scatters the samples that land in it of the rays of the panel rows
+        # that can reach it (row_lo[s] to row_hi[s]): no two tasks write one voxel, so the result needs no
+        # per-thread copies of the volume (memory stays at the output's size)
+        n_rows, n_cols, nz = v.shape[0], u.shape[0], shape[2]
         for ch in range(proj.shape[0]):
             img, p = out[ch], proj[ch]
             for s in prange(n_slabs):
                 z_lo, z_hi = s * nz // n_slabs, (s + 1) * nz // n_slabs
-                for r in range(n_rays):
+                per_view = (row_hi[s] - row_lo[s]) * n_cols
+                for rr in range(views.shape[0] * per_view):
+                    view = rr // per_view
+                    r = view * n_rows * n_cols + row_lo[s] * n_cols + (rr - view * per_view)
                     if p[r] == 0.0:
                         continue
                     o, d = _cone_ray(views, u, v, r)
@@ -261,17 +297,7 @@ if HAS_NUMBA:
                     w = weight * p[r]
                     for k in range(k_lo, f0):
                         _scatter(img, k, qb0 + k * dqb, qc0 + k * dqc, w, nb, c_lo, c_hi, sa, sb, sc)
-                    for k in range(f0, f1):
-                        qb, qc = qb0 + k * dqb, qc0 + k * dqc
-                        ib, ic = int(qb), int(qc)
-                        fb, fc = qb - ib, qc - ic
-                        base = k * sa + ib * sb + ic * sc
-                        wb = w * fb
-                        w0 = w - wb
-                        img[base] += w0 - w0 * fc
-                        img[base + sc] += w0 * fc
-                        img[base + sb] += wb - wb * fc
-                        img[base + sb + sc] += wb * fc
+                    _scatter_interior(img, f0, f1, qb0, dqb, qc0, dqc, w, sa, sb, sc, single)
                     for k in range(f1, k_hi):
                         _scatter(img, k, qb0 + k * dqb, qc0 + k * dqc, w, nb, c_lo, c_hi, sa, sb, sc)
 
@@ -342,6 +368,37 @@ def cone_forward_cpu(image: np.ndarray, table, pixel_size) -> np.ndarray:
     return out
 
 
+def _slab_rows(views: np.ndarray, u: np.ndarray, v: np.ndarray, image_shape, pixel_size, n_slabs: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``n_slabs`` slabs of z planes, the panel rows ``[row_lo, row_hi)`` whose rays can reach it (a
+    superset), so that a slab's task sets up only those rays.
+
+    The source circles at z = 0: a ray through row ``v`` is at height ``z = v t / D`` after an xy distance ``t``
+    from the source, ``D`` being the xy distance from the source to its panel pixel (from the source-to-panel
+    distance to its value at the widest column). Inside the volume ``t`` lies within ``R`` (the volume's xy
+    half-diagonal) of the source-to-axis distance; a sample reaches a slab when its z index lies within one plane
+    of it (bilinear neighbours), and one more plane is allowed for rounding.
+    """
+    nz, ny, nx = image_shape
+    dz, dy, dx = pixel_size
+    source, panel = views[:, 0:2], views[:, 2:4]
+    sdd = float(np.linalg.norm(panel - source, axis=1).min())
+    sod = float(np.linalg.norm(source, axis=1).min())
+    widest = math.sqrt(sdd**2 + float(np.abs(u).max()) ** 2)
+    radius = 0.5 * math.hypot(nx * dx, ny * dy)
+    near, far = max(0.0, sod - radius), sod + radius
+    z_near = v * near / np.where(v >= 0, widest, sdd)
+    z_far = v * far / np.where(v >= 0, sdd, widest)
+    z_min, z_max = np.minimum(z_near, z_far), np.maximum(z_near, z_far)
+    row_lo, row_hi = np.zeros(n_slabs, np.int64), np.zeros(n_slabs, np.int64)
+    for s in range(n_slabs):
+        k_lo, k_hi = s * nz // n_slabs, (s + 1) * nz // n_slabs
+        lo_mm, hi_mm = (k_lo - 2 - 0.5 * (nz - 1)) * dz, (k_hi + 1 - 0.5 * (nz - 1)) * dz
+        rows = np.nonzero((z_max >= lo_mm) & (z_min <= hi_mm))[0]
+        if rows.size:
+            row_lo[s], row_hi[s] = rows.min(), rows.max() + 1
+    return row_lo, row_hi
+
+
 def cone_adjoint_cpu(proj: np.ndarray, table, image_shape, pixel_size, out: np.ndarray | None = None) -> np.ndarray:
     """Exact transpose of :func:`cone_forward_cpu`, added to ``out`` ``(C, nz, ny, nx)`` when given. The volume is
     split into slabs of z planes, one task each, so it is never copied."""
@@ -351,6 +408,7 @@ def cone_adjoint_cpu(proj: np.ndarray, table, image_shape, pixel_size, out: np.n
     if out is None:
         out = np.zeros((n_ch, *image_shape), dtype=proj.dtype)
     n_slabs = max(1, min(int(image_shape[0]), numba.get_num_threads()))
+    row_lo, row_hi = _slab_rows(views, u, v, image_shape, pixel_size, n_slabs)
     _adjoint_3d(np.ascontiguousarray(proj), np.ascontiguousarray(views), u, v, shape, spacing, strides,
-                out.reshape(n_ch, -1), n_slabs)
+                out.reshape(n_ch, -1), n_slabs, row_lo, row_hi, out.dtype == np.float32)
     return out
