@@ -86,3 +86,56 @@ def test_scans_reject_bad_arguments(geometry):
         cbct_scans("test", 1, geometry, i0=0.0)
     with pytest.raises(TypeError, match="ConeBeamGeometry"):
         cbct_scans("test", 1, object())
+
+
+# ------------------------------------------------------------------------- the talk's regime (issue 21)
+
+
+def test_talk_regime_setting_samples_sparsely_at_one_eighth_of_full_sampling():
+    from monai_ext.data import full_sampling_views, talk_regime_geometry
+
+    sparse, dense = talk_regime_geometry("sparse"), talk_regime_geometry("dense")
+    full = full_sampling_views(dense)
+    assert full == len(dense.angles) == 109  # ceil(pi / 2 * 64 * (pi + fan) / pi), fan 15 degrees
+    assert len(sparse.angles) == 14 and len(sparse.angles) <= full / 6
+    assert sparse.image_shape == (64, 64, 64) and sparse.pixel_size == (4.0, 4.0, 4.0) and sparse.det_shape == (64, 64)
+    with pytest.raises(ValueError, match="'sparse' or 'dense'"):
+        talk_regime_geometry("medium")
+
+
+def test_textured_thorax_has_texture_and_vessels_and_is_seeded():
+    from monai_ext.phantoms import textured_thorax, thorax_phantom
+
+    a, b, c = (textured_thorax((16, 16, 16), 16.0, seed=s) for s in (4, 4, 5))
+    assert a.shape == (32, 32, 32) and torch.equal(a, b) and not torch.equal(a, c) and float(a.min()) >= 0
+    plain = thorax_phantom(256.0, seed=4).rasterize((32, 32, 32), 8.0, supersample=1)
+    soft = (plain > 0.0185) & (plain < 0.0205)  # soft tissue and blood, away from edges in value
+    ratio = (a[soft] / plain[soft]).double()
+    assert 0.01 < float(ratio.std()) < 0.1, "soft tissue varies by a few percent around its value"
+    lung = (plain > 0.0015) & (plain < 0.004)
+    assert float((a[lung] > 0.01).double().mean()) > 0.005, "vessels: voxels of blood-like values inside the lungs"
+
+
+def test_textured_scans_are_made_on_a_finer_grid_than_the_reconstruction():
+    """The reference is the block mean of the 2x phantom, and the scan is the 2x phantom's, not the reference's:
+    the reconstruction's own projector applied to the reference differs from it."""
+    from monai_ext.data import cbct_geometry, textured_cbct_scans
+    from monai_ext.phantoms import textured_thorax
+    from monai_ext.tomo import ConeBeamProjector
+
+    geometry = cbct_geometry(6, (12, 12, 12), 20.0, (12, 12))
+    scans = textured_cbct_scans("test", 2, geometry, None)
+    fine = textured_thorax((12, 12, 12), 20.0, seed=_split_seed("test"))
+    assert torch.allclose(scans.volumes[0, 0], torch.nn.functional.avg_pool3d(fine[None, None], 2)[0, 0])
+    own = ConeBeamProjector(geometry)(scans.volumes[:1].double()).float()
+    gap = float((own - scans.projections[:1]).abs().mean() / scans.projections[:1].abs().mean())
+    assert 0.001 < gap < 0.2
+    noisy = textured_cbct_scans("test", 2, geometry, 300.0)
+    again = textured_cbct_scans("test", 1, geometry, 300.0)
+    assert torch.equal(noisy.projections[:1], again.projections) and not torch.equal(noisy.projections, scans.projections)
+
+
+def _split_seed(split: str) -> int:
+    from monai_ext.data import SPLIT_SEEDS
+
+    return SPLIT_SEEDS[split]

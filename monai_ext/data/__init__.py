@@ -2,6 +2,7 @@
 
 from .case_tensors import case_tensors
 from .cbct_datasets import SCANS, CBCTScans, cbct_geometry, cbct_scans
+from .talk_regime import TALK_REGIME, full_sampling_views, talk_regime_geometry, textured_cbct_scans
 from .ct_datasets import (
     SPLIT_SEEDS,
     CTScans,
@@ -27,4 +28,8 @@ __all__ = [
     "cbct_geometry",
     "cbct_scans",
     "case_tensors",
+    "TALK_REGIME",
+    "full_sampling_views",
+    "talk_regime_geometry",
+    "textured_cbct_scans",
 ]

@@ -4,6 +4,7 @@ Q3P-like PET sphere phantom; power-law Gaussian random volumes."""
 from .anatomy import MU_WATER, TISSUE_HU, hu_to_mu, mu_to_hu, thorax_phantom
 from .ellipsoids import Ellipsoid, EllipsoidPhantom, random_ellipsoids, shepp_logan
 from .random_fields import blurred_power_law_scan
+from .textured import TEXTURE_AMPLITUDE, smooth_random_field, textured_thorax
 from .spheres import Q3P_DIAMETERS_MM, SpherePhantom, gaussian_kernel, sphere_phantom
 
 __all__ = [
@@ -21,4 +22,7 @@ __all__ = [
     "sphere_phantom",
     "gaussian_kernel",
     "blurred_power_law_scan",
+    "TEXTURE_AMPLITUDE",
+    "textured_thorax",
+    "smooth_random_field",
 ]
