@@ -61,12 +61,15 @@ def _ct_dataset(root: Path, n_train: int, n_val: int, shape=(96, 96), spacing=2.
     return root
 
 
-def _trainer(bundle: Path, dataset: Path, out: Path, **overrides):
-    """The bundle's trainer built from ``train.json`` for ``dataset``, with its resumption handlers attached (the
-    first ``run`` expression), and the losses it takes recorded as ``trainer.losses`` ``[(iteration, loss)]``."""
+def _trainer(bundle: Path, dataset: Path | None, out: Path, **overrides):
+    """The bundle's trainer built from ``train.json`` for ``dataset`` (``None``: the built-in data), with its
+    resumption handlers attached (the first ``run`` expression), and the losses it takes recorded as
+    ``trainer.losses`` ``[(iteration, loss)]``."""
     from ignite.engine import Events
 
-    settings = {"dataset_dir": str(dataset), "geometry_file": str(dataset / "geometry.json"), "output_dir": str(out), "progress": False}
+    settings = {"output_dir": str(out), "progress": False}
+    if dataset is not None:
+        settings.update(dataset_dir=str(dataset), geometry_file=str(dataset / "geometry.json"))
     parser = bundle_parser(bundle, "train.json", **{**settings, **overrides})
     parser.get_parsed_content("initialize")
     parser.get_parsed_content("run#0")
@@ -370,19 +373,6 @@ DEQ_SMALL = {"image_shape": [32, 32], "view_mashing": 8, "learning#epochs": 1, "
              "solver#backward_max_iter": 20, "solver#validation_restarts": 0}
 
 
-def _deq_trainer(out: Path, **overrides):
-    """The DEQ bundle's trainer from ``train.json``, resumption attached, its losses recorded as ``trainer.losses``."""
-    from ignite.engine import Events
-
-    parser = bundle_parser(DEQ, "train.json", output_dir=str(out), progress=False, **overrides)
-    parser.get_parsed_content("initialize")
-    parser.get_parsed_content("run#0")
-    trainer = parser.get_parsed_content("train#trainer")
-    trainer.losses = []
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: e.losses.append((e.state.iteration, _loss(e.state.output))))
-    return parser, trainer
-
-
 def test_own_data_deq_learns_from_exam_folders_and_refits_the_dose_model(tmp_path):
     """Two epochs of the DEQ learning (a MONAI trainer) on groups of user-format exams (one subject at 2 doses, 3
     realisations each): the learned weights per group, the learning record and the refitted dose model are written.
@@ -393,9 +383,9 @@ def test_own_data_deq_learns_from_exam_folders_and_refits_the_dose_model(tmp_pat
 
     simulator = DynamicPETSimulator(BIOGRAPH_6_TRUEPOINT_TRUEV, image_shape=(32, 32), view_mashing=8)
     data = _exam_groups(tmp_path / "exams", simulator, (200e6, 400e6), 3)
-    settings = {**DEQ_SMALL, "learning#epochs": 2, "dataset_dir": str(data)}
+    settings = {**DEQ_SMALL, "learning#epochs": 2, "dataset_dir": str(data)}  # no geometry file: exams carry theirs
     out = tmp_path / "out"
-    parser, trainer = _deq_trainer(out, **settings)
+    parser, trainer = _trainer(DEQ, None, out, **settings)
     trainer.run()
     parser.get_parsed_content("run#2")
     whole = trainer.losses
@@ -411,11 +401,11 @@ def test_own_data_deq_learns_from_exam_folders_and_refits_the_dose_model(tmp_pat
     model = DoseModel.load(str(out / "dose_model.json"))
     assert len(model.lambdas) == 20
 
-    parser, trainer = _deq_trainer(tmp_path / "cut", **settings)
+    parser, trainer = _trainer(DEQ, None, tmp_path / "cut", **settings)
     _stop_after(trainer, 1)
     trainer.run()
     assert trainer.losses == whole[:2]
-    parser, trainer = _deq_trainer(tmp_path / "cut", resume=True, **settings)
+    parser, trainer = _trainer(DEQ, None, tmp_path / "cut", resume=True, **settings)
     trainer.run()
     parser.get_parsed_content("run#2")
     assert trainer.losses == whole[2:]
@@ -427,7 +417,7 @@ def test_own_data_deq_engine_takes_the_steps_of_learn_case(tmp_path):
     """The bundle's trainer on its built-in case takes bitwise the steps of ``scripts.hyperparameters.learn_case``
     (the learning the comparison and the dose sweep run) and writes the same weights and validation MSEs."""
     settings = {**DEQ_SMALL, "learning#epochs": 2, "learning#n_realisations": 5, "learning#n_train": 4, "val_interval": 1}
-    parser, trainer = _deq_trainer(tmp_path / "engine", **settings)
+    parser, trainer = _trainer(DEQ, None, tmp_path / "engine", **settings)
     trainer.run()
     parser.get_parsed_content("run#2")
     engine = json.loads((tmp_path / "engine" / "learned_hyperparameters.json").read_text())

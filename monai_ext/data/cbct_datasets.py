@@ -186,6 +186,17 @@ def cbct_scans(split: str, n: int, geometry: ConeBeamGeometry, i0: float | None 
         >>> scans.volumes.shape, scans.projections.shape
         (torch.Size([2, 1, 16, 16, 16]), torch.Size([2, 1, 20, 16, 16]))
     """
+    _check_scan_request(split, n, geometry, i0)
+    return _cbct_scans(split, int(n), geometry, None if i0 is None else float(i0), int(noise_seed))
+
+
+def _check_scan_request(split: str, n: int, geometry, i0) -> None:
+    """Check the arguments of a seeded scan set (split, number of cases, cone-beam geometry, ``i0``).
+
+    Raises:
+        ValueError: unknown split, non-positive ``n`` or ``i0``.
+        TypeError: ``geometry`` is not a ``ConeBeamGeometry``.
+    """
     if split not in SPLIT_SEEDS:
         raise ValueError(f"split must be one of {tuple(SPLIT_SEEDS)}, got {split!r}.")
     if int(n) < 1:
@@ -194,4 +205,3 @@ def cbct_scans(split: str, n: int, geometry: ConeBeamGeometry, i0: float | None 
         raise TypeError(f"geometry must be a ConeBeamGeometry, got {type(geometry).__name__}.")
     if i0 is not None and not (math.isfinite(float(i0)) and float(i0) > 0):
         raise ValueError(f"i0 (photons per detector pixel) must be positive or None (noise-free), got {i0}.")
-    return _cbct_scans(split, int(n), geometry, None if i0 is None else float(i0), int(noise_seed))

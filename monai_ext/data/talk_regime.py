@@ -32,7 +32,7 @@ import torch
 
 from monai_ext.tomo.geometry import ConeBeamGeometry
 
-from .cbct_datasets import CBCTScans, _noise_seed, cbct_geometry
+from .cbct_datasets import CBCTScans, _noise_seed, cbct_geometry, _check_scan_request
 from .ct_datasets import SPLIT_SEEDS, transmission_noise
 
 __all__ = ["TALK_REGIME", "full_sampling_views", "talk_regime_geometry", "textured_cbct_scans"]
@@ -83,14 +83,7 @@ def textured_cbct_scans(split: str, n: int, geometry: ConeBeamGeometry, i0: floa
     Raises:
         ValueError: unknown split, ``n < 1`` or a non-positive ``i0``; TypeError: not a cone-beam geometry.
     """
-    if split not in SPLIT_SEEDS:
-        raise ValueError(f"split must be one of {tuple(SPLIT_SEEDS)}, got {split!r}.")
-    if int(n) < 1:
-        raise ValueError(f"n must be at least 1, got {n}.")
-    if not isinstance(geometry, ConeBeamGeometry):
-        raise TypeError(f"geometry must be a ConeBeamGeometry, got {type(geometry).__name__}.")
-    if i0 is not None and not (math.isfinite(float(i0)) and float(i0) > 0):
-        raise ValueError(f"i0 must be positive or None (noise-free), got {i0}.")
+    _check_scan_request(split, n, geometry, i0)
     base = SPLIT_SEEDS[split]
     volumes, projections = [], []
     for i in range(int(n)):
