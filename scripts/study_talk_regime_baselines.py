@@ -1,0 +1,136 @@
+#!/usr/bin/env python
+"""FDK and TV at their best in the talk's regime (issue 21), chosen on validation phantoms.
+
+For each setting (sparse/dense views, noisy/noise-free; ``monai_ext.data.talk_regime``):
+
+- FDK: the window (ramp, Shepp-Logan, cosine, Hann) of the best mean PSNR on the validation phantoms;
+- TV (PDHG): the iterations to convergence, from the objective of one validation phantom at a middle weight (the
+  first iteration after which the objective falls by less than ``--flat`` of its value over 50 iterations), then the
+  weight of the best mean PSNR at that iteration count (a log grid refined by bisection, ``tune_weight``).
+
+Writes ``--out`` (JSON: the choices, the scores of every candidate, the objective trace) and a figure of the TV
+objective beside it.
+
+Usage: python scripts/study_talk_regime_baselines.py [--settings sparse_noisy ...] [--n-val 4]
+       [--out scripts/results/talk_regime_baselines.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from monai_ext.data import TALK_REGIME, talk_regime_geometry, textured_cbct_scans  # noqa: E402
+from monai_ext.metrics import psnr  # noqa: E402
+from monai_ext.solvers import tune_weight, tv_pdhg, variational_solution  # noqa: E402
+from monai_ext.operators import operator_norm  # noqa: E402
+from monai_ext.tomo import ConeBeamProjector, fdk  # noqa: E402
+
+WINDOWS = ("ramp", "shepp-logan", "cosine", "hann")
+SETTINGS = ("sparse_noisy", "sparse_noise_free", "dense_noisy", "dense_noise_free")
+
+
+def flat_iteration(objective: list[float], flat: float, window: int = 50) -> int:
+    """The first iteration ``k`` after which the objective falls by less than ``flat`` (relative) over ``window``."""
+    values = np.asarray(objective)
+    for k in range(len(values) - window):
+        if values[k] - values[k + window] < flat * abs(values[k + window]):
+            return k
+    return len(values)
+
+
+def study(setting: str, n_val: int, max_iter: int, flat: float, grid: list[float]) -> dict:
+    views, noise = setting.split("_", 1)
+    geometry = talk_regime_geometry(views)
+    i0 = TALK_REGIME["i0"] if noise == "noisy" else None
+    scans = textured_cbct_scans("validation", n_val, geometry, i0)
+    out = {"views": len(geometry.angles), "i0": i0, "n_val": n_val}
+    fdk_scores = {}
+    for window in WINDOWS:
+        rec = fdk(scans.projections, geometry, window=window)
+        fdk_scores[window] = float(np.mean([psnr(rec[i, 0], scans.volumes[i, 0]) for i in range(n_val)]))
+    best_window = max(fdk_scores, key=fdk_scores.get)
+    out["fdk"] = {"window": best_window, "psnr_db": fdk_scores[best_window], "candidates": fdk_scores}
+    operator = ConeBeamProjector(geometry)
+    norm = operator_norm(operator)
+    middle = float(np.sqrt(grid[0] * grid[-1]))
+    start = time.process_time()
+    _, info = tv_pdhg(operator, scans.projections[:1].double(), middle, n_iter=max_iter, norm=norm, record_objective=True)
+    seconds_per_iteration = (time.process_time() - start) / max_iter
+    iterations = flat_iteration(info["objective"], flat)
+    solve = partial(variational_solution, operator=operator, method="tv", n_iter=iterations, norm=norm, dtype=torch.float64)
+    weight, table = tune_weight(solve, scans.projections, scans.volumes, grid, refine=3, batch_size=1)
+    best = next(row["mean_psnr_db"] for row in table if row["weight"] == weight)
+    out["tv"] = {"weight": weight, "iterations": iterations, "psnr_db": best, "candidates": table,
+                 "objective_weight": middle, "objective": [float(v) for v in info["objective"]], "flat": flat,
+                 "cpu_seconds_per_iteration": seconds_per_iteration}
+    print(f"{setting}: FDK {best_window} {fdk_scores[best_window]:.2f} dB; TV weight {weight:.3g} at {iterations} iterations "
+          f"{best:.2f} dB", flush=True)
+    return out
+
+
+def plot_objectives(results: dict, path: Path) -> None:
+    """The TV objective's relative distance to its value at the last iteration, per setting, with the stop marked
+    (the last 50 iterations, where that distance is not yet measured, are left out)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for setting, result in results.items():
+        objective = np.asarray(result["tv"]["objective"])
+        gap = objective[:-50] / objective[-1] - 1.0
+        stop = result["tv"]["iterations"]
+        line = ax.semilogy(gap, label=f"{setting}: stop at {stop}")[0]
+        ax.plot([stop], [gap[min(stop, len(gap) - 1)]], "o", color=line.get_color())
+    ax.set_xlabel("PDHG iteration")
+    ax.set_ylabel(f"objective / objective at {len(objective)} - 1")
+    ax.set_title("TV in the talk's regime: objective flattening")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
+    parser.add_argument("--n-val", type=int, default=4)
+    parser.add_argument("--max-iter", type=int, default=1500)
+    parser.add_argument("--flat", type=float, default=1e-4)
+    parser.add_argument("--grid", type=float, nargs="+", default=[0.3, 1.0, 3.0, 10.0, 30.0])
+    parser.add_argument("--out", default="scripts/results/talk_regime_baselines.json")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the figure from --out")
+    args = parser.parse_args(argv)
+    if args.plot_only:
+        plot_objectives(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix(".png"))
+        return 0
+    torch.set_num_threads(2)
+    path = Path(args.out)
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    for setting in args.settings:
+        results[setting] = study(setting, args.n_val, args.max_iter, args.flat, sorted(args.grid))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        tmp.replace(path)
+    plot_objectives(results, path.with_suffix(".png"))
+    print(f"wrote {path} and {path.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
