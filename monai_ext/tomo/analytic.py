@@ -203,6 +203,9 @@ def _fbp_parallel(sino: torch.Tensor, geometry: ParallelBeamGeometry, window: st
     return out.reshape(b, c, ny, nx)
 
 
+_ANNOUNCED_SHORT_SCANS: set = set()
+
+
 def _fdk_divergent(
     proj: torch.Tensor, geometry, window: str, short_scan: bool | None, oversample: int, memory_budget: int = DEFAULT_MEMORY_BUDGET
 ) -> torch.Tensor:
@@ -227,7 +230,8 @@ def _fdk_divergent(
     pre = sdd / torch.sqrt(sdd**2 + u[None, :] ** 2 + v[:, None] ** 2)
     if short_scan is None:
         short_scan = _is_short_scan(geometry.angles)
-        if short_scan:
+        if short_scan and geometry.angles not in _ANNOUNCED_SHORT_SCANS:  # once per angle set, not at every call
+            _ANNOUNCED_SHORT_SCANS.add(geometry.angles)
             gap = _circular_gaps(geometry.angles, 2 * math.pi)[0]
             logger.info(
                 "angles cover %.1f degrees (largest unmeasured arc %.1f): short scan, Parker weights applied "
