@@ -13,6 +13,7 @@ objective beside it.
 
 Usage: python scripts/study_talk_regime_baselines.py [--settings sparse_noisy ...] [--n-val 4]
        [--out scripts/results/talk_regime_baselines.json]
+       python scripts/study_talk_regime_baselines.py --score lpd --settings sparse_noisy   (trained weights, same scoring)
 """
 
 from __future__ import annotations
@@ -82,6 +83,24 @@ def study(setting: str, n_val: int, max_iter: int, flat: float, grid: list[float
     return out
 
 
+def score_trained(method: str, setting: str, n_val: int) -> float:
+    """Mean PSNR, as for FDK and TV above, of the CBCT LPD bundle's best ``method`` weights trained with
+    ``configs/talk_regime.json`` (``outputs/talk_regime/<method>_<views>/models``) on the validation phantoms."""
+    from monai.bundle import ConfigParser
+
+    bundle = ROOT / "bundles" / "cbct_learned_primal_dual"
+    views, noise = setting.split("_", 1)
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "talk_regime.json")])
+    parser.update({"bundle_root": str(bundle), "method": method, "talk_setting": views, "progress": False, "device": "$torch.device('cpu')"})
+    network = parser.get_parsed_content("network")
+    network.load_state_dict(torch.load(parser.get_parsed_content("weights_file"), map_location="cpu", weights_only=True))
+    network.eval()
+    scans = textured_cbct_scans("validation", n_val, talk_regime_geometry(views), TALK_REGIME["i0"] if noise == "noisy" else None)
+    with torch.no_grad():
+        return float(np.mean([psnr(network(scans.projections[i : i + 1])[0, 0], scans.volumes[i, 0]) for i in range(n_val)]))
+
+
 def plot_objectives(results: dict, path: Path) -> None:
     """The TV objective's relative distance to its value at the last iteration, per setting, with the stop marked
     (the last 50 iterations, where that distance is not yet measured, are left out)."""
@@ -114,7 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", type=float, nargs="+", default=[0.3, 1.0, 3.0, 10.0, 30.0])
     parser.add_argument("--out", default="scripts/results/talk_regime_baselines.json")
     parser.add_argument("--plot-only", action="store_true", help="redraw the figure from --out")
+    parser.add_argument("--score", default=None, choices=("lpd", "invertible_lpd"),
+                        help="only score this method's weights trained with configs/talk_regime.json, as FDK and TV are")
     args = parser.parse_args(argv)
+    if args.score:
+        for setting in args.settings:
+            print(f"{args.score} {setting}: {score_trained(args.score, setting, args.n_val):.2f} dB on {args.n_val} validation phantoms")
+        return 0
     if args.plot_only:
         plot_objectives(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix(".png"))
         return 0
