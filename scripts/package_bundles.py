@@ -50,13 +50,14 @@ class BundleCheckError(ValueError):
 
 
 def config_files_for(config: Path) -> list[str]:
-    """The files to parse for ``config``: itself, or, for an override (a ``multi_gpu_*.json`` as in the Model Zoo, or
-    any config with top-level ids holding ``#``), the base config it extends (``train.json``, else
-    ``inference.json``) and it."""
-    if config.suffix != ".json":
+    """The files to parse for ``config``: itself, or, for an override (a ``multi_gpu_*.json`` as in the Model Zoo,
+    any config with top-level ids holding ``#``, or one without ``bundle_root``, which every whole config defines),
+    the base config it extends (``train.json``, else ``inference.json``) and it."""
+    if config.suffix != ".json" or config.name == "metadata.json":
         return [str(config)]
     content = json.loads(config.read_text())
-    if config.name.startswith("multi_gpu_") or (isinstance(content, dict) and any("#" in key for key in content)):
+    overrides = isinstance(content, dict) and (any("#" in key for key in content) or "bundle_root" not in content)
+    if config.name.startswith("multi_gpu_") or overrides:
         for name in ("train.json", "inference.json"):
             base = config.parent / name
             if base.is_file() and base != config:
