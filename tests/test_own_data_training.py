@@ -91,6 +91,18 @@ def _stop_after(trainer, epoch: int) -> None:
     trainer.add_event_handler(Events.EPOCH_COMPLETED(once=epoch), lambda e: e.terminate())
 
 
+def _interrupted_and_resumed(bundle: Path, dataset: Path | None, out: Path, **overrides):
+    """Train for one epoch and stop (as a killed run would, after its checkpoint), then run again with
+    ``resume=true``; returns the losses before the stop and the resumed run's parser and trainer."""
+    parser, trainer = _trainer(bundle, dataset, out, **overrides)
+    _stop_after(trainer, 1)
+    trainer.run()
+    before = trainer.losses
+    parser, trainer = _trainer(bundle, dataset, out, resume=True, **overrides)
+    trainer.run()
+    return before, parser, trainer
+
+
 def _root_cause(error: BaseException) -> BaseException:
     while error.__cause__ is not None:
         error = error.__cause__
@@ -401,12 +413,8 @@ def test_own_data_deq_learns_from_exam_folders_and_refits_the_dose_model(tmp_pat
     model = DoseModel.load(str(out / "dose_model.json"))
     assert len(model.lambdas) == 20
 
-    parser, trainer = _trainer(DEQ, None, tmp_path / "cut", **settings)
-    _stop_after(trainer, 1)
-    trainer.run()
-    assert trainer.losses == whole[:2]
-    parser, trainer = _trainer(DEQ, None, tmp_path / "cut", resume=True, **settings)
-    trainer.run()
+    before, parser, trainer = _interrupted_and_resumed(DEQ, None, tmp_path / "cut", **settings)
+    assert before == whole[:2]
     parser.get_parsed_content("run#2")
     assert trainer.losses == whole[2:]
     resumed = json.loads((tmp_path / "cut" / "learning_record.json").read_text())
@@ -483,12 +491,8 @@ def test_own_data_neural_field_engine_takes_the_steps_of_the_backbone_training_a
     assert info["loss_trace"] == [loss for _, loss in whole]
     assert all(torch.equal(reference.state_dict()[k], backbone[k]) for k in backbone)
 
-    parser, trainer = _trainer(NF, data, tmp_path / "cut", **small)
-    _stop_after(trainer, 1)
-    trainer.run()
-    assert trainer.losses == whole[:2]
-    parser, trainer = _trainer(NF, data, tmp_path / "cut", resume=True, **small)
-    trainer.run()
+    before, parser, trainer = _interrupted_and_resumed(NF, data, tmp_path / "cut", **small)
+    assert before == whole[:2]
     assert trainer.losses == whole[2:]
     resumed = parser.get_parsed_content("network").backbone.state_dict()
     assert all(torch.equal(resumed[k], backbone[k]) for k in backbone)
