@@ -189,3 +189,31 @@ def test_own_data_output_dir_that_is_a_file_fails_before_any_computation(tmp_pat
     assert f"output_dir {target} is a file, not a folder" in result.stderr
     assert "Epoch" not in result.stderr  # nothing was reconstructed
     assert target.read_text() == "the user's notes"
+
+
+def test_unet_weights_are_stored_in_float16_and_train_json_writes_them_so(tmp_path):
+    """The shipped U-Net weights are float16 (under the Zoo's 1 MB), load into the float32 network, and the save
+    handler of ``train.json`` writes that dtype (with its record); a non-float dtype is refused, named."""
+    from types import SimpleNamespace
+
+    from monai_ext.workflows import SaveBestModel, read_record
+
+    for path in (BUNDLE / "models" / "fbpconvnet.pt", BUNDLE / "models" / "noise_free" / "fbpconvnet.pt"):
+        state = torch.load(path, weights_only=True)
+        assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
+        assert path.stat().st_size < 1024 * 1024
+    parser = _parser("train.json", method="fbpconvnet")
+    network = parser.get_parsed_content("networks#fbpconvnet")
+    network.load_state_dict(torch.load(BUNDLE / "models" / "fbpconvnet.pt", weights_only=True))
+    assert next(network.parameters()).dtype == torch.float32
+    assert parser.get_parsed_content("weights_storage_dtype")["fbpconvnet"] == "float16"
+
+    handler = SaveBestModel(network, str(tmp_path / "net.pt"), parser.get_parsed_content("geometry"), 1e4, {"source": "test"},
+                            storage_dtype="float16")
+    handler(SimpleNamespace(state=SimpleNamespace(best_metric_epoch=1, epoch=1, key_metric_name="val_psnr", best_metric=27.0)))
+    saved = torch.load(tmp_path / "net.pt", weights_only=True)
+    reference = network.state_dict()
+    assert all(saved[k].dtype == torch.float16 and torch.equal(saved[k], reference[k].half()) for k in reference if reference[k].is_floating_point())
+    assert read_record(str(tmp_path / "net.pt"))["training"]["storage_dtype"] == "float16"
+    with pytest.raises(ValueError, match="storage_dtype must name a floating-point torch dtype"):
+        SaveBestModel(network, str(tmp_path / "x.pt"), None, None, {}, storage_dtype="int8")

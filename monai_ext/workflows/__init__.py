@@ -10,7 +10,7 @@ from .memory import measure_peak_memory, peak_resident_growth, release_freed_mem
 from .reconstruction import KeyedPrepareBatch, ReconstructionSummary, SaveReconstructiond, orthogonal_slices
 from .runs import announce_example, check_bundle_run, check_overrides, root_cause
 from .training import every_n_iterations, scaled_mse_loss
-from .training_runs import FinalValidation, ProgressBar, attach_handlers, check_trained_geometry, RunState, SaveBestModel, read_record, record_path, resume_checkpoint, run_geometry, write_training_record
+from .training_runs import FinalValidation, ProgressBar, attach_handlers, check_trained_geometry, RunState, SaveBestModel, read_record, stored_state_dict, record_path, resume_checkpoint, run_geometry, write_training_record
 
 __all__ = [
     "FinalValidation",
@@ -25,6 +25,7 @@ __all__ = [
     "attach_handlers",
     "resume_checkpoint",
     "SaveBestModel",
+    "stored_state_dict",
     "write_training_record",
     "record_path",
     "read_record",

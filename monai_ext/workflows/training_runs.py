@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["RunState", "attach_handlers", "resume_checkpoint", "SaveBestModel", "write_training_record", "FinalValidation", "record_path", "read_record", "run_geometry", "check_trained_geometry", "ProgressBar"]
+__all__ = ["RunState", "attach_handlers", "resume_checkpoint", "SaveBestModel", "stored_state_dict", "write_training_record", "FinalValidation", "record_path", "read_record", "run_geometry", "check_trained_geometry", "ProgressBar"]
 
 _CHECKPOINT = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
@@ -169,13 +169,22 @@ class SaveBestModel:
         settings: anything else to keep (method, epochs, batch size, learning rate).
         save: ``save(network, path)`` writes the weights in another form than a plain state dict (e.g. a
             neural-field backbone with its constructor arguments); the default is ``torch.save(state_dict)``.
+        storage_dtype: with the default save, floating-point tensors are stored in this dtype (e.g.
+            ``"float16"``, which halves the file; ``load_state_dict`` casts them back to the network's dtype);
+            ``None`` keeps them as they are. Recorded in the training record's settings.
     """
 
-    def __init__(self, network, weights_file: str, geometry, i0, dataset: dict, settings: dict | None = None, save=None) -> None:
+    def __init__(self, network, weights_file: str, geometry, i0, dataset: dict, settings: dict | None = None, save=None,
+                 storage_dtype: str | torch.dtype | None = None) -> None:
         self.network = network
         self.weights_file = str(weights_file)
         self.geometry, self.i0, self.dataset, self.settings = geometry, i0, dict(dataset), dict(settings or {})
         self.save = save
+        self.storage_dtype = None if storage_dtype is None else _float_dtype(storage_dtype)
+        if self.storage_dtype is not None:
+            if save is not None:
+                raise ValueError("SaveBestModel: give save or storage_dtype, not both (storage_dtype applies to the default save).")
+            self.settings["storage_dtype"] = str(self.storage_dtype).replace("torch.", "")
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -195,10 +204,32 @@ class SaveBestModel:
             self.save(network, self.weights_file)
         else:
             with atomic_path(self.weights_file, suffix=".pt") as tmp:
-                torch.save(network.state_dict(), tmp)
+                torch.save(stored_state_dict(network, self.storage_dtype), tmp)
         write_training_record(self.weights_file, self.geometry, self.i0, self.dataset,
                               {"metric": engine.state.key_metric_name, "value": float(engine.state.best_metric), "epoch": int(engine.state.epoch)},
                               self.settings)
+
+
+def _float_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    value = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ValueError(f"storage_dtype must name a floating-point torch dtype (e.g. 'float16'), got {dtype!r}.")
+    return value
+
+
+def stored_state_dict(network: torch.nn.Module, dtype: str | torch.dtype | None = None) -> dict:
+    """``network.state_dict()`` with its floating-point tensors cast to ``dtype`` (``None``: unchanged).
+
+    Example:
+        >>> state = stored_state_dict(torch.nn.Linear(2, 1), "float16")
+        >>> state["weight"].dtype
+        torch.float16
+    """
+    state = network.state_dict()
+    if dtype is None:
+        return state
+    dtype = _float_dtype(dtype)
+    return type(state)((k, v.to(dtype) if v.is_floating_point() else v) for k, v in state.items())
 
 
 def write_training_record(weights_file: str, geometry, i0, dataset: dict, validation: dict, settings: dict | None = None) -> Path:
