@@ -3,6 +3,8 @@
 - ``blind_deconvolution``: the blur-and-downsample operator (a ``monai_ext.operators.LinearOperator``), the neural
   blind deconvolution (image and kernel generators fitted to one volume) with its losses, schedule and kernel model,
   and the 2x grid helpers (affines, spline interpolation).
+- ``kernel_estimation``: blind estimation of the kernel alone, with an L0 gradient prior on the image (a study tool:
+  it recovers a 4 mm PSF, not wider ones; see the PSMA bundle's docs).
 - ``blur_likelihood``: the marginal (Whittle) likelihood of a blur kernel under a Gaussian image model, for blur
   identification.
 """
@@ -26,6 +28,7 @@ from .blind_deconvolution import (
     supersampled_affine,
 )
 from .blur_likelihood import ImageSpectrum, WhittleBlurLikelihood
+from .kernel_estimation import KernelEstimate, KernelEstimationConfig, estimate_kernel
 
 __all__ = [
     "BlurDownsample",
@@ -46,4 +49,7 @@ __all__ = [
     "fit_kernel_to_image",
     "WhittleBlurLikelihood",
     "ImageSpectrum",
+    "KernelEstimationConfig",
+    "KernelEstimate",
+    "estimate_kernel",
 ]

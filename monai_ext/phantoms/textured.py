@@ -28,17 +28,26 @@ TEXTURE_AMPLITUDE = {"lung": 0.15, "soft_tissue": 0.04, "bone": 0.08}
 _LUNG_HU = TISSUE_HU["lung"]
 
 
-def smooth_random_field(shape, spacing_mm: float, correlation_mm: float, rng: np.random.Generator) -> np.ndarray:
+def smooth_random_field(shape, spacing_mm, correlation_mm: float, rng: np.random.Generator) -> np.ndarray:
     """A zero-mean, unit-variance Gaussian random field on ``shape`` with a Gaussian correlation of FWHM
     ``correlation_mm`` (white noise filtered in Fourier space on a grid padded by the correlation length, so the
-    field is not periodic)."""
-    pad = int(math.ceil(correlation_mm / spacing_mm))
-    big = [n + 2 * pad for n in shape]
-    sigma = correlation_mm / spacing_mm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    field is not periodic). ``spacing_mm``: one voxel size, or one per axis."""
+    if np.ndim(spacing_mm) == 0:
+        pads = [int(math.ceil(correlation_mm / spacing_mm))] * len(shape)
+        sigmas = [correlation_mm / spacing_mm / (2.0 * math.sqrt(2.0 * math.log(2.0)))] * len(shape)
+    else:
+        if len(spacing_mm) != len(shape):
+            raise ValueError(f"spacing_mm must be one number or one per axis of {tuple(shape)}, got {spacing_mm}.")
+        pads = [int(math.ceil(correlation_mm / s)) for s in spacing_mm]
+        sigmas = [correlation_mm / s / (2.0 * math.sqrt(2.0 * math.log(2.0))) for s in spacing_mm]
+    big = [n + 2 * p for n, p in zip(shape, pads)]
     freq = np.meshgrid(*[2 * np.pi * np.fft.fftfreq(n) for n in big], indexing="ij", sparse=True)
-    transfer = np.exp(-0.5 * sigma**2 * sum(f**2 for f in freq))
+    if len(set(sigmas)) == 1:
+        transfer = np.exp(-0.5 * sigmas[0] ** 2 * sum(f**2 for f in freq))
+    else:
+        transfer = np.exp(-0.5 * sum((s * f) ** 2 for s, f in zip(sigmas, freq)))
     field = np.real(np.fft.ifftn(np.fft.fftn(rng.standard_normal(big)) * transfer))
-    field = field[tuple(slice(pad, pad + n) for n in shape)]
+    field = field[tuple(slice(p, p + n) for n, p in zip(shape, pads))]
     return (field - field.mean()) / max(float(field.std()), 1e-12)
 
 

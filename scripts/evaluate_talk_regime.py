@@ -1,0 +1,172 @@
+#!/usr/bin/env python
+"""The CBCT benchmark in the talk's regime (issue 21) on held-out test phantoms: ``docs/results/talk_regime.json``.
+
+For each setting (sparse/dense views, noisy/noise-free; ``monai_ext.data.talk_regime``) and each method of a bundle,
+the mean PSNR and SSIM over ``--n-test`` textured thoraces of the test split (seeds disjoint from the training and
+validation phantoms) and the process CPU seconds per volume:
+
+- ``fdk`` and ``tv`` at the choices ``scripts/study_talk_regime_baselines.py`` made on the validation phantoms
+  (``scripts/results/talk_regime_baselines.json``: FDK window; TV weight and iterations to convergence);
+- ``lpd`` and ``invertible_lpd`` (primal-dual bundle): the best weights trained with ``configs/talk_regime.json``
+  for the setting's views (``outputs/talk_regime/<method>_<views>/models``); the noise-free columns score the same
+  weights (trained on noisy scans) on noise-free scans.
+
+A method or setting that cannot be scored (no baseline choice yet, no trained weights) is left out of the scores and
+named, with the reason, under ``"missing"``: the JSON never holds a number that was not measured. Results of
+settings not run now are kept from an earlier run of the file (``--settings`` runs a subset).
+
+Usage:
+    python scripts/evaluate_talk_regime.py --bundle cbct_learned_primal_dual [--n-test 8] [--settings sparse_noisy ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from monai_ext.data import TALK_REGIME, full_sampling_views, talk_regime_geometry, textured_cbct_scans  # noqa: E402
+from monai_ext.metrics import psnr, ssim  # noqa: E402
+
+SETTINGS = ("sparse_noisy", "sparse_noise_free", "dense_noisy", "dense_noise_free")
+METHODS = {"cbct_learned_primal_dual": ("fdk", "tv", "lpd", "invertible_lpd"), "cbct_neural_field": ("fdk", "tv", "naf", "condcbnt")}
+BASELINES = ROOT / "scripts" / "results" / "talk_regime_baselines.json"
+
+
+def trained_network(bundle: str, method: str, views: str):
+    """The network of ``bundle`` trained with ``configs/talk_regime.json`` for ``views``, or the reason it is missing."""
+    from monai.bundle import ConfigParser
+
+    root = ROOT / "bundles" / bundle
+    parser = ConfigParser()
+    parser.read_config([str(root / "configs" / "train.json"), str(root / "configs" / "talk_regime.json")])
+    parser.update({"bundle_root": str(root), "method": method, "talk_setting": views, "progress": False, "device": "$torch.device('cpu')"})
+    weights = Path(parser.get_parsed_content("weights_file"))
+    if not weights.is_file():
+        return None, f"not trained for the {views} setting yet (no {weights.relative_to(ROOT)})"
+    network = parser.get_parsed_content("network")
+    network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return network.eval(), None
+
+
+def reconstructors(bundle: str, setting: str, geometry, baselines: dict):
+    """``{method: callable(projections (1, 1, ...)) -> volume (1, 1, ...)}`` and ``{method: reason}`` for the missing."""
+    from monai_ext.operators import operator_norm
+    from monai_ext.solvers import tv_pdhg
+    from monai_ext.tomo import ConeBeamProjector, fdk
+
+    views = setting.split("_", 1)[0]
+    methods, missing = {}, {}
+    choice = baselines.get(setting)
+    if choice is None:
+        missing["fdk"] = missing["tv"] = f"no baseline choice for {setting} in {BASELINES.relative_to(ROOT)} (run scripts/study_talk_regime_baselines.py --settings {setting})"
+    else:
+        methods["fdk"] = lambda p, w=choice["fdk"]["window"]: fdk(p, geometry, window=w)
+        operator = ConeBeamProjector(geometry)
+        norm = operator_norm(operator)
+        methods["tv"] = lambda p, c=choice["tv"]: tv_pdhg(operator, p.double(), c["weight"], n_iter=c["iterations"], norm=norm)[0].float()
+    for method in METHODS[bundle][2:]:
+        if bundle != "cbct_learned_primal_dual":
+            missing[method] = "the neural-field bundle's talk-regime runs are not implemented yet"
+            continue
+        network, reason = trained_network(bundle, method, views)
+        if network is None:
+            missing[method] = reason
+        else:
+            methods[method] = network
+    return methods, missing
+
+
+def evaluate(bundle: str, setting: str, n_test: int, baselines: dict) -> dict:
+    views, noise = setting.split("_", 1)
+    geometry = talk_regime_geometry(views)
+    scans = textured_cbct_scans("test", n_test, geometry, TALK_REGIME["i0"] if noise == "noisy" else None)
+    methods, missing = reconstructors(bundle, setting, geometry, baselines)
+    out = {"psnr_db": {}, "ssim": {}, "cpu_seconds_per_volume": {}, "per_case_psnr_db": {}, "missing": missing}
+    for method, run in methods.items():
+        scores, similarities, seconds = [], [], []
+        for i in range(n_test):
+            start = time.process_time()
+            with torch.no_grad():
+                volume = run(scans.projections[i : i + 1])
+            seconds.append(time.process_time() - start)
+            scores.append(psnr(volume[0, 0], scans.volumes[i, 0]))
+            similarities.append(ssim(volume[0, 0], scans.volumes[i, 0]))
+        out["psnr_db"][method] = round(float(np.mean(scores)), 3)
+        out["ssim"][method] = round(float(np.mean(similarities)), 4)
+        out["cpu_seconds_per_volume"][method] = round(float(np.mean(seconds)), 2)
+        out["per_case_psnr_db"][method] = [round(float(s), 3) for s in scores]
+        print(f"{setting} {method}: PSNR {out['psnr_db'][method]:.2f} dB, SSIM {out['ssim'][method]:.3f}, "
+              f"{out['cpu_seconds_per_volume'][method]:.1f} CPU s per volume", flush=True)
+    for method, reason in missing.items():
+        print(f"{setting} {method}: not scored: {reason}", flush=True)
+    return out
+
+
+def write(bundle: str, results: dict, n_test: int, path: Path) -> dict:
+    """The issue's shape: per-setting scores, then the CPU seconds per volume of each method (at the sparse noisy
+    setting where measured, else the first setting that has it) and the extras."""
+    sparse, dense = talk_regime_geometry("sparse"), talk_regime_geometry("dense")
+    cpu = {}
+    for setting in SETTINGS:
+        for method, value in results.get(setting, {}).get("cpu_seconds_per_volume", {}).items():
+            cpu.setdefault(method, value)
+    document = {
+        "grid": list(sparse.image_shape), "voxel_mm": float(sparse.pixel_size[0]), "panel": list(sparse.det_shape),
+        "full_sampling_views": full_sampling_views(sparse), "sparse_views": len(sparse.angles), "dense_views": len(dense.angles),
+        "i0": float(TALK_REGIME["i0"]), "n_test_cases": int(n_test), "scan": TALK_REGIME["scan"],
+        "psnr_db": {s: results[s]["psnr_db"] for s in SETTINGS if s in results},
+        "ssim": {s: results[s]["ssim"] for s in SETTINGS if s in results},
+        "cpu_seconds_per_volume": cpu,
+        "cpu_seconds_per_volume_by_setting": {s: results[s]["cpu_seconds_per_volume"] for s in SETTINGS if s in results},
+        "per_case_psnr_db": {s: results[s]["per_case_psnr_db"] for s in SETTINGS if s in results},
+        "missing": {s: results[s]["missing"] for s in SETTINGS if s in results and results[s]["missing"]},
+        "methods": list(METHODS[bundle]),
+        "command": f"python scripts/evaluate_talk_regime.py --bundle {bundle} --n-test {n_test}",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(document, indent=4, ensure_ascii=True) + "\n")
+    tmp.replace(path)
+    return document
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bundle", required=True, choices=sorted(METHODS))
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
+    parser.add_argument("--n-test", type=int, default=8)
+    parser.add_argument("--num-threads", type=int, default=2)
+    parser.add_argument("--out", default=None, help="default: bundles/<bundle>/docs/results/talk_regime.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.num_threads)
+    path = Path(args.out) if args.out else ROOT / "bundles" / args.bundle / "docs" / "results" / "talk_regime.json"
+    baselines = json.loads(BASELINES.read_text()) if BASELINES.is_file() else {}
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    results = {}
+    if previous.get("n_test_cases") == args.n_test:  # keep the settings not run now
+        for setting in SETTINGS:
+            if setting in previous.get("psnr_db", {}) and setting not in args.settings:
+                results[setting] = {key: previous[key].get(setting, {}) for key in ("psnr_db", "ssim", "per_case_psnr_db")}
+                results[setting]["cpu_seconds_per_volume"] = previous.get("cpu_seconds_per_volume_by_setting", {}).get(setting, {})
+                results[setting]["missing"] = previous.get("missing", {}).get(setting, {})
+    for setting in args.settings:
+        results[setting] = evaluate(args.bundle, setting, args.n_test, baselines)
+        write(args.bundle, results, args.n_test, path)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
