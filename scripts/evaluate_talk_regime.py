@@ -114,7 +114,7 @@ def evaluate(bundle: str, setting: str, n_test: int, baselines: dict) -> dict:
     return out
 
 
-def write(bundle: str, results: dict, n_test: int, path: Path) -> dict:
+def write(bundle: str, results: dict, n_test: int, path: Path, memory: dict | None = None) -> dict:
     """The issue's shape: per-setting scores, then the CPU seconds per volume of each method (at the sparse noisy
     setting where measured, else the first setting that has it) and the extras."""
     sparse, dense = talk_regime_geometry("sparse"), talk_regime_geometry("dense")
@@ -133,6 +133,7 @@ def write(bundle: str, results: dict, n_test: int, path: Path) -> dict:
         "per_case_psnr_db": {s: results[s]["per_case_psnr_db"] for s in SETTINGS if s in results},
         "missing": {s: results[s]["missing"] for s in SETTINGS if s in results and results[s]["missing"]},
         "methods": list(METHODS[bundle]),
+        **({"training_memory": memory} if memory else {}),
         "command": f"python scripts/evaluate_talk_regime.py --bundle {bundle} --n-test {n_test}",
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,11 +150,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-test", type=int, default=8)
     parser.add_argument("--num-threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="default: bundles/<bundle>/docs/results/talk_regime.json")
+    parser.add_argument("--memory", default=None, help="JSON of scripts/bench_cbct_lpd_memory.py at this grid, kept as training_memory")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.num_threads)
     path = Path(args.out) if args.out else ROOT / "bundles" / args.bundle / "docs" / "results" / "talk_regime.json"
     baselines = json.loads(BASELINES.read_text()) if BASELINES.is_file() else {}
     previous = json.loads(path.read_text()) if path.is_file() else {}
+    memory = previous.get("training_memory")
+    if args.memory:
+        bench = json.loads(Path(args.memory).read_text())
+        memory = {"peak_mib": {f"{r['network']}_{r['n_iter']}_iterations": r["peak_mib"] for r in bench["rows"]},
+                  "invertible_to_lpd": bench["ratio_invertible_to_lpd_at_deepest"], "settings": bench["settings"],
+                  "hardware": bench["hardware"], "method": bench["method"],
+                  "command": "OMP_NUM_THREADS=1 python scripts/bench_cbct_lpd_memory.py --size {size} --views {views} --features {features} --iters 16".format(**bench["settings"])}
     results = {}
     if previous.get("n_test_cases") == args.n_test:  # keep the settings not run now
         for setting in SETTINGS:
@@ -163,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[setting]["missing"] = previous.get("missing", {}).get(setting, {})
     for setting in args.settings:
         results[setting] = evaluate(args.bundle, setting, args.n_test, baselines)
-        write(args.bundle, results, args.n_test, path)
+        write(args.bundle, results, args.n_test, path, memory)
     print(f"wrote {path}")
     return 0
 
