@@ -452,6 +452,20 @@ def scale_steps(steps, scale: float):
     return tuple(max(1, round(float(n) * scale)) for n in steps)
 
 
+def checked_volume(measured, dtype=np.float32) -> np.ndarray:
+    """``measured`` as a ``dtype`` array, checked: 3D, at least 4 voxels per axis, finite, non-negative, not all zero.
+
+    Raises:
+        ValueError: naming which of these fails.
+    """
+    y = np.asarray(measured, dtype)
+    if y.ndim != 3 or min(y.shape) < 4:
+        raise ValueError(f"measured must be a 3D volume of at least 4 voxels per axis, got shape {y.shape}.")
+    if not np.all(np.isfinite(y)) or y.min() < 0 or y.max() <= 0:
+        raise ValueError("measured must be finite, non-negative and not all zero.")
+    return y
+
+
 def neural_blind_deconvolution(
     measured, spacing, config: BlindDeconvolutionConfig | None = None, device: str | torch.device = "cpu"
 ) -> BlindDeconvolutionResult:
@@ -467,11 +481,7 @@ def neural_blind_deconvolution(
         ValueError: a volume that is not 3D, too small, not finite, negative or all zero.
     """
     config = config or BlindDeconvolutionConfig()
-    y = np.asarray(measured, np.float32)
-    if y.ndim != 3 or min(y.shape) < 4:
-        raise ValueError(f"measured must be a 3D volume of at least 4 voxels per axis, got shape {y.shape}.")
-    if not np.all(np.isfinite(y)) or y.min() < 0 or y.max() <= 0:
-        raise ValueError("measured must be finite, non-negative and not all zero.")
+    y = checked_volume(measured, np.float32)
     device = torch.device(device)
     start = time.perf_counter()
     scale = float(y.max())
@@ -591,7 +601,7 @@ def _moment_fwhm(kernel: torch.Tensor) -> list[float]:
     out = []
     for axis in range(3):
         profile = k.sum(dim=tuple(a for a in range(3) if a != axis))
-        pos = torch.arange(profile.numel(), dtype=k.dtype)
+        pos = torch.arange(profile.numel(), dtype=k.dtype, device=k.device)
         mean = (profile * pos).sum()
         out.append(round(float(2.0 * np.sqrt(2.0 * np.log(2.0)) * ((profile * (pos - mean) ** 2).sum()).sqrt()), 3))
     return out

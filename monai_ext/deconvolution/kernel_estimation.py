@@ -32,7 +32,7 @@ import torch
 from ..flags import as_flag
 from ..operators.finite_differences import divergence, gradient
 from ..phantoms.spheres import gaussian_kernel
-from .blind_deconvolution import BlurDownsample, _resample_to_image_grid
+from .blind_deconvolution import BlurDownsample, _moment_fwhm, _resample_to_image_grid, checked_volume
 
 __all__ = ["KernelEstimationConfig", "KernelEstimate", "estimate_kernel", "project_to_simplex", "kernel_least_squares",
            "sparse_gradient_image", "kernel_size_for"]
@@ -209,17 +209,6 @@ def kernel_least_squares(op: BlurDownsample, x: torch.Tensor, y: torch.Tensor, k
     return previous
 
 
-def _moment_fwhm_voxels(kernel: torch.Tensor) -> list[float]:
-    k = kernel[0, 0] / kernel.sum()
-    out = []
-    for axis in range(3):
-        profile = k.sum(dim=tuple(a for a in range(3) if a != axis))
-        pos = torch.arange(profile.numel(), dtype=k.dtype, device=k.device)
-        mean = (profile * pos).sum()
-        out.append(round(float(2.0 * np.sqrt(2.0 * np.log(2.0)) * ((profile * (pos - mean) ** 2).sum()).sqrt()), 3))
-    return out
-
-
 def estimate_kernel(measured, spacing, config: KernelEstimationConfig | None = None, device: str | torch.device = "cpu") -> KernelEstimate:
     """Estimate the blur kernel of a PET volume on its 2x grid (module docstring).
 
@@ -242,11 +231,7 @@ def estimate_kernel(measured, spacing, config: KernelEstimationConfig | None = N
     from tqdm.auto import tqdm
 
     config = config or KernelEstimationConfig()
-    y = np.asarray(measured, np.float64)
-    if y.ndim != 3 or min(y.shape) < 4:
-        raise ValueError(f"measured must be a 3D volume of at least 4 voxels per axis, got shape {y.shape}.")
-    if not np.all(np.isfinite(y)) or y.min() < 0 or y.max() <= 0:
-        raise ValueError("measured must be finite, non-negative and not all zero.")
+    y = checked_volume(measured, np.float64)
     start = time.perf_counter()
     device = torch.device(device)
     size = int(config.kernel_size) if config.kernel_size is not None else kernel_size_for(config.support_mm, spacing)
@@ -262,7 +247,7 @@ def estimate_kernel(measured, spacing, config: KernelEstimationConfig | None = N
             x = sparse_gradient_image(op, target, kernel, x, config.gradient_weight, config.splitting_rounds, config.cg_iterations)
             kernel = kernel_least_squares(op, x, target, kernel, config.kernel_smoothness, config.kernel_iterations)
             residual = float((op(x, kernel) - target).norm() / target.norm())
-            history.append({"iteration": it + 1, "fwhm_voxels": _moment_fwhm_voxels(kernel), "relative_residual": residual})
+            history.append({"iteration": it + 1, "fwhm_voxels": _moment_fwhm(kernel), "relative_residual": residual})
     seconds = time.perf_counter() - start
     logger.info(f"kernel estimation of {y.shape}: {config.iterations} iterations in {seconds:.1f} s, FWHM {history[-1]['fwhm_voxels']} 2x voxels")
     return KernelEstimate(kernel=kernel[0, 0].cpu().numpy().astype(np.float32), image=(x[0, 0].cpu().numpy() * scale).astype(np.float32),
