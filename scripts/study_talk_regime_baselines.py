@@ -86,16 +86,12 @@ def study(setting: str, n_val: int, max_iter: int, flat: float, grid: list[float
 def score_trained(method: str, setting: str, n_val: int) -> float:
     """Mean PSNR, as for FDK and TV above, of the CBCT LPD bundle's best ``method`` weights trained with
     ``configs/talk_regime.json`` (``outputs/talk_regime/<method>_<views>/models``) on the validation phantoms."""
-    from monai.bundle import ConfigParser
+    from evaluate_talk_regime import trained_network  # this folder, beside this script
 
-    bundle = ROOT / "bundles" / "cbct_learned_primal_dual"
     views, noise = setting.split("_", 1)
-    parser = ConfigParser()
-    parser.read_config([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "talk_regime.json")])
-    parser.update({"bundle_root": str(bundle), "method": method, "talk_setting": views, "progress": False, "device": "$torch.device('cpu')"})
-    network = parser.get_parsed_content("network")
-    network.load_state_dict(torch.load(parser.get_parsed_content("weights_file"), map_location="cpu", weights_only=True))
-    network.eval()
+    network, missing = trained_network("cbct_learned_primal_dual", method, views)
+    if network is None:
+        raise SystemExit(f"cannot score {method}: {missing}")
     scans = textured_cbct_scans("validation", n_val, talk_regime_geometry(views), TALK_REGIME["i0"] if noise == "noisy" else None)
     with torch.no_grad():
         return float(np.mean([psnr(network(scans.projections[i : i + 1])[0, 0], scans.volumes[i, 0]) for i in range(n_val)]))

@@ -32,14 +32,11 @@ def smooth_random_field(shape, spacing_mm, correlation_mm: float, rng: np.random
     """A zero-mean, unit-variance Gaussian random field on ``shape`` with a Gaussian correlation of FWHM
     ``correlation_mm`` (white noise filtered in Fourier space on a grid padded by the correlation length, so the
     field is not periodic). ``spacing_mm``: one voxel size, or one per axis."""
-    if np.ndim(spacing_mm) == 0:
-        pads = [int(math.ceil(correlation_mm / spacing_mm))] * len(shape)
-        sigmas = [correlation_mm / spacing_mm / (2.0 * math.sqrt(2.0 * math.log(2.0)))] * len(shape)
-    else:
-        if len(spacing_mm) != len(shape):
-            raise ValueError(f"spacing_mm must be one number or one per axis of {tuple(shape)}, got {spacing_mm}.")
-        pads = [int(math.ceil(correlation_mm / s)) for s in spacing_mm]
-        sigmas = [correlation_mm / s / (2.0 * math.sqrt(2.0 * math.log(2.0))) for s in spacing_mm]
+    spacings = [float(spacing_mm)] * len(shape) if np.ndim(spacing_mm) == 0 else [float(s) for s in spacing_mm]
+    if len(spacings) != len(shape):
+        raise ValueError(f"spacing_mm must be one number or one per axis of {tuple(shape)}, got {spacing_mm}.")
+    pads = [int(math.ceil(correlation_mm / s)) for s in spacings]
+    sigmas = [correlation_mm / s / (2.0 * math.sqrt(2.0 * math.log(2.0))) for s in spacings]
     big = [n + 2 * p for n, p in zip(shape, pads)]
     freq = np.meshgrid(*[2 * np.pi * np.fft.fftfreq(n) for n in big], indexing="ij", sparse=True)
     if len(set(sigmas)) == 1:
