@@ -17,7 +17,7 @@ Subpackages, grouped by domain:
 - ``monai_ext.phantoms``: analytic and random phantoms.
 """
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 import importlib as _importlib
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from monai_ext.data import ellipse_ct_scans
 from monai_ext.networks import ConvBlock, LearnedPrimalDual, LinearMMSE, PostProcessingNet, UnrolledProximalGradient
 from monai_ext.solvers import MatrixOperator, operator_norm
 from monai_ext.tomo import FBP, ConeBeamGeometry, ConeBeamProjector, ParallelBeamGeometry, ParallelBeamProjector, uniform_angles
@@ -126,6 +127,25 @@ def test_linear_mmse_state_dict_round_trip_and_checks():
         empty(torch.zeros(1, 1, 5))
     with pytest.raises(ValueError, match="paired"):
         LinearMMSE.estimate(op, images, op(images)[:10])
+
+
+def test_linear_mmse_from_built_in_phantoms_stores_its_recipe_and_rebuilds_w_bit_for_bit():
+    geometry = ParallelBeamGeometry((16, 16), 4.0, uniform_angles(4), n_det=16, det_spacing=4.0)
+    built = LinearMMSE.from_builtin_phantoms(geometry, 40, 1e4)
+    scans = ellipse_ct_scans("train", 40, geometry, 1e4)
+    direct = LinearMMSE.estimate(ParallelBeamProjector(geometry), scans.images, scans.projections)
+    assert torch.equal(built.weight, direct.weight) and built.weight.abs().sum() > 0
+    state = built.state_dict()
+    assert set(state) == {"recipe_json"} and state["recipe_json"].dtype == torch.uint8  # no W in the file
+    loaded = LinearMMSE((16, 16), (4, 16))
+    loaded.load_state_dict(state)
+    assert torch.equal(loaded.weight, built.weight) and torch.equal(loaded.bias, built.bias)
+    assert loaded.recipe == built.recipe and set(loaded.state_dict()) == {"recipe_json"}
+    assert set(direct.state_dict()) == {"weight", "bias"}  # estimated from the user's data: W is stored
+    with pytest.raises(RuntimeError, match=r"recipe gives W of shape \(256, 64\)"):
+        LinearMMSE((8, 8), (4, 16)).load_state_dict(state)
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        LinearMMSE((16, 16), (4, 16)).load_state_dict({**state, "weight": built.weight})
 
 
 def test_post_processing_is_residual_and_freezes_the_initial_reconstruction():

@@ -18,11 +18,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import verify_bundles  # noqa: E402
 
 BUNDLES = sorted(p for p in (ROOT / "bundles").iterdir() if p.is_dir())
-KNOWN_OPEN = {
-    ("ct_learned_reconstruction", "file_sizes"): "the one documented exception (issue 19): mmse_cnn.pt (2.6 MB) exceeds the Zoo's 1 MB limit: its "
-    "linear MMSE matrix (4096 x 320, float16) has 3,188 non-zero rows of full rank (models/README.md); the Zoo hosts "
-    "such files through large_files.yml, this repository commits its weights",
-}
+KNOWN_OPEN: dict[tuple[str, str], str] = {}
 
 
 def test_every_check_passes_but_the_open_items():
@@ -33,7 +29,6 @@ def test_every_check_passes_but_the_open_items():
             if problems:
                 failures[(bundle.name, check)] = problems
     assert set(failures) == set(KNOWN_OPEN), {k: v for k, v in failures.items() if k not in KNOWN_OPEN} or set(KNOWN_OPEN) - set(failures)
-    assert [p.split(' ')[0] for p in failures[("ct_learned_reconstruction", "file_sizes")]] == ["models/mmse_cnn.pt"]
 
 
 def _copy(bundle: str, tmp_path: Path) -> Path:
