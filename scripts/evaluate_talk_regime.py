@@ -9,7 +9,10 @@ validation phantoms) and the process CPU seconds per volume:
   (``scripts/results/talk_regime_baselines.json``: FDK window; TV weight and iterations to convergence);
 - ``lpd`` and ``invertible_lpd`` (primal-dual bundle): the best weights trained with ``configs/talk_regime.json``
   for the setting's views (``outputs/talk_regime/<method>_<views>/models``); the noise-free columns score the same
-  weights (trained on noisy scans) on noise-free scans.
+  weights (trained on noisy scans) on noise-free scans;
+- ``naf`` and ``condcbnt`` (neural-field bundle): ``inference.json`` with ``configs/talk_regime.json`` layered on it
+  (the per-scan and the conditioned field, fitted to each test scan with the step counts chosen on the validation
+  phantoms; the conditioned one on the backbone trained with ``train.json`` and the same file).
 
 A method or setting that cannot be scored (no baseline choice yet, no trained weights) is left out of the scores and
 named, with the reason, under ``"missing"``: the JSON never holds a number that was not measured. Results of
@@ -44,14 +47,35 @@ METHODS = {"cbct_learned_primal_dual": ("fdk", "tv", "lpd", "invertible_lpd"), "
 BASELINES = ROOT / "scripts" / "results" / "talk_regime_baselines.json"
 
 
-def trained_network(bundle: str, method: str, views: str):
-    """The network of ``bundle`` trained with ``configs/talk_regime.json`` for ``views``, or the reason it is missing."""
+FIELD_METHODS = {"naf": "per_scan", "condcbnt": "conditioned"}
+
+
+def talk_regime_parser(bundle: str, config: str, overrides: dict):
+    """``configs/<config>.json`` of ``bundle`` with ``configs/talk_regime.json`` layered on it, on the CPU."""
     from monai.bundle import ConfigParser
 
     root = ROOT / "bundles" / bundle
     parser = ConfigParser()
-    parser.read_config([str(root / "configs" / "train.json"), str(root / "configs" / "talk_regime.json")])
-    parser.update({"bundle_root": str(root), "method": method, "talk_setting": views, "progress": False, "device": "$torch.device('cpu')"})
+    parser.read_config([str(root / "configs" / f"{config}.json"), str(root / "configs" / "talk_regime.json")])
+    parser.update({"bundle_root": str(root), "progress": False, "device": "$torch.device('cpu')", **overrides})
+    return parser
+
+
+def trained_network(bundle: str, method: str, views: str, overrides: dict | None = None):
+    """The network of ``bundle`` for ``method`` in the talk's regime at ``views``, or the reason it is missing.
+
+    Primal-dual bundle: the best weights trained with ``configs/talk_regime.json``. Neural-field bundle: the bundle's
+    ``NeuralFieldReconstruction`` of ``inference.json`` with ``talk_regime.json`` layered on it (``overrides``, e.g.
+    another fit's step count), the conditioned one with the backbone trained with ``train.json`` and the same file.
+    """
+    if bundle == "cbct_neural_field":
+        field_method = FIELD_METHODS[method]
+        parser = talk_regime_parser(bundle, "inference", {"method": field_method, "talk_setting": views, **(overrides or {})})
+        backbone = Path(parser.get_parsed_content("backbone_file"))
+        if field_method == "conditioned" and not backbone.is_file():
+            return None, f"no backbone trained for the {views} setting yet (no {backbone.relative_to(ROOT)})"
+        return parser.get_parsed_content("network_def"), None
+    parser = talk_regime_parser(bundle, "train", {"method": method, "talk_setting": views})
     weights = Path(parser.get_parsed_content("weights_file"))
     if not weights.is_file():
         return None, f"not trained for the {views} setting yet (no {weights.relative_to(ROOT)})"
@@ -77,9 +101,6 @@ def reconstructors(bundle: str, setting: str, geometry, baselines: dict):
         norm = operator_norm(operator)
         methods["tv"] = lambda p, c=choice["tv"]: tv_pdhg(operator, p.double(), c["weight"], n_iter=c["iterations"], norm=norm)[0].float()
     for method in METHODS[bundle][2:]:
-        if bundle != "cbct_learned_primal_dual":
-            missing[method] = "the neural-field bundle's talk-regime runs are not implemented yet"
-            continue
         network, reason = trained_network(bundle, method, views)
         if network is None:
             missing[method] = reason

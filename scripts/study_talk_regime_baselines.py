@@ -11,9 +11,16 @@ For each setting (sparse/dense views, noisy/noise-free; ``monai_ext.data.talk_re
 Writes ``--out`` (JSON: the choices, the scores of every candidate, the objective trace) and a figure of the TV
 objective beside it.
 
+The neural fields' step counts (``--fields naf condcbnt --steps 150 300 600 ...``): each validation scan fitted
+from scratch with each count (the learning-rate schedule follows the count), the mean PSNR and CPU seconds per
+volume of each count, and the count of the best mean PSNR, under ``<setting>.fields``. The fits are those of the
+neural-field bundle's ``inference.json`` with ``configs/talk_regime.json`` layered on it; the conditioned field
+needs the backbone trained with ``train.json`` and that file.
+
 Usage: python scripts/study_talk_regime_baselines.py [--settings sparse_noisy ...] [--n-val 4]
        [--out scripts/results/talk_regime_baselines.json]
        python scripts/study_talk_regime_baselines.py --score lpd --settings sparse_noisy   (trained weights, same scoring)
+       python scripts/study_talk_regime_baselines.py --fields naf --steps 300 1000 3000 --settings sparse_noisy
 """
 
 from __future__ import annotations
@@ -97,6 +104,33 @@ def score_trained(method: str, setting: str, n_val: int) -> float:
         return float(np.mean([psnr(network(scans.projections[i : i + 1])[0, 0], scans.volumes[i, 0]) for i in range(n_val)]))
 
 
+def study_fields(setting: str, n_val: int, methods: list[str], steps: list[int]) -> dict:
+    """Mean validation PSNR and CPU seconds per volume of each neural field at each step count (module notes)."""
+    from evaluate_talk_regime import FIELD_METHODS, trained_network  # this folder, beside this script
+
+    views, noise = setting.split("_", 1)
+    scans = textured_cbct_scans("validation", n_val, talk_regime_geometry(views), TALK_REGIME["i0"] if noise == "noisy" else None)
+    out = {}
+    for method in methods:
+        candidates = {}
+        for n_steps in sorted(steps):
+            network, missing = trained_network("cbct_neural_field", method, views, {f"fit#{FIELD_METHODS[method]}#n_steps": n_steps})
+            if network is None:
+                raise SystemExit(f"cannot fit {method}: {missing}")
+            scores, seconds = [], []
+            for i in range(n_val):
+                start = time.process_time()
+                volume = network(scans.projections[i : i + 1])
+                seconds.append(time.process_time() - start)
+                scores.append(psnr(volume[0, 0], scans.volumes[i, 0]))
+            candidates[str(n_steps)] = {"psnr_db": float(np.mean(scores)), "cpu_seconds_per_volume": float(np.mean(seconds))}
+            print(f"{setting} {method} {n_steps} steps: {candidates[str(n_steps)]['psnr_db']:.2f} dB, "
+                  f"{candidates[str(n_steps)]['cpu_seconds_per_volume']:.1f} CPU s per volume", flush=True)
+        best = max(candidates, key=lambda k: candidates[k]["psnr_db"])
+        out[method] = {"n_steps": int(best), "psnr_db": candidates[best]["psnr_db"], "candidates": candidates}
+    return out
+
+
 def plot_objectives(results: dict, path: Path) -> None:
     """The TV objective's relative distance to its value at the last iteration, per setting, with the stop marked
     (the last 50 iterations, where that distance is not yet measured, are left out)."""
@@ -120,6 +154,13 @@ def plot_objectives(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def _write(results: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
@@ -131,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot-only", action="store_true", help="redraw the figure from --out")
     parser.add_argument("--score", default=None, choices=("lpd", "invertible_lpd"),
                         help="only score this method's weights trained with configs/talk_regime.json, as FDK and TV are")
+    parser.add_argument("--fields", nargs="+", default=None, choices=("naf", "condcbnt"), help="choose these fields' step counts")
+    parser.add_argument("--steps", type=int, nargs="+", default=[150, 300, 600, 1200], help="step counts tried with --fields")
     args = parser.parse_args(argv)
     if args.score:
         for setting in args.settings:
@@ -142,12 +185,19 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     path = Path(args.out)
     results = json.loads(path.read_text()) if path.is_file() else {}
+    if args.fields:
+        for setting in args.settings:
+            fields = results.setdefault(setting, {}).setdefault("fields", {})
+            fields.update(study_fields(setting, args.n_val, args.fields, args.steps))
+            _write(results, path)
+        print(f"wrote {path}")
+        return 0
     for setting in args.settings:
+        fields = results.get(setting, {}).get("fields")
         results[setting] = study(setting, args.n_val, args.max_iter, args.flat, sorted(args.grid))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        tmp.replace(path)
+        if fields:
+            results[setting]["fields"] = fields
+        _write(results, path)
     plot_objectives(results, path.with_suffix(".png"))
     print(f"wrote {path} and {path.with_suffix('.png')}")
     return 0
