@@ -104,19 +104,24 @@ def score_trained(method: str, setting: str, n_val: int) -> float:
         return float(np.mean([psnr(network(scans.projections[i : i + 1])[0, 0], scans.volumes[i, 0]) for i in range(n_val)]))
 
 
-def study_fields(setting: str, n_val: int, methods: list[str], steps: list[int]) -> dict:
-    """Mean validation PSNR and CPU seconds per volume of each neural field at each step count (module notes)."""
+def study_fields(setting: str, n_val: int, methods: list[str], steps: list[int], previous: dict | None = None) -> dict:
+    """Mean validation PSNR and CPU seconds per volume of each neural field at each step count (module notes);
+    the candidates of ``previous`` (an earlier run's ``fields`` on the same ``n_val`` phantoms) are kept."""
     from evaluate_talk_regime import FIELD_METHODS, trained_network  # this folder, beside this script
 
     views, noise = setting.split("_", 1)
     scans = textured_cbct_scans("validation", n_val, talk_regime_geometry(views), TALK_REGIME["i0"] if noise == "noisy" else None)
     out = {}
     for method in methods:
-        candidates = {}
+        _, identity = trained_network("cbct_neural_field", method, views, build=False)
+        if isinstance(identity, str):
+            raise SystemExit(f"cannot fit {method}: {identity}")
+        fingerprint = {**identity, "fit": {k: v for k, v in identity["fit"].items() if k != "n_steps"}, "n_val": n_val}
+        earlier = (previous or {}).get(method, {})
+        # an earlier run's candidates count only if measured with the same fit, field or backbone and phantoms
+        candidates = dict(earlier.get("candidates", {})) if json.dumps(earlier.get("fingerprint"), sort_keys=True) == json.dumps(fingerprint, sort_keys=True) else {}
         for n_steps in sorted(steps):
-            network, missing = trained_network("cbct_neural_field", method, views, {f"fit#{FIELD_METHODS[method]}#n_steps": n_steps})
-            if network is None:
-                raise SystemExit(f"cannot fit {method}: {missing}")
+            network, _ = trained_network("cbct_neural_field", method, views, {f"fit#{FIELD_METHODS[method]}#n_steps": n_steps})
             scores, seconds = [], []
             for i in range(n_val):
                 start = time.process_time()
@@ -126,8 +131,9 @@ def study_fields(setting: str, n_val: int, methods: list[str], steps: list[int])
             candidates[str(n_steps)] = {"psnr_db": float(np.mean(scores)), "cpu_seconds_per_volume": float(np.mean(seconds))}
             print(f"{setting} {method} {n_steps} steps: {candidates[str(n_steps)]['psnr_db']:.2f} dB, "
                   f"{candidates[str(n_steps)]['cpu_seconds_per_volume']:.1f} CPU s per volume", flush=True)
+        candidates = dict(sorted(candidates.items(), key=lambda item: int(item[0])))
         best = max(candidates, key=lambda k: candidates[k]["psnr_db"])
-        out[method] = {"n_steps": int(best), "psnr_db": candidates[best]["psnr_db"], "candidates": candidates}
+        out[method] = {"n_steps": int(best), "psnr_db": candidates[best]["psnr_db"], "fingerprint": fingerprint, "candidates": candidates}
     return out
 
 
@@ -141,6 +147,8 @@ def plot_objectives(results: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for setting, result in results.items():
+        if "tv" not in result:  # a setting with only a step-count study of the fields
+            continue
         objective = np.asarray(result["tv"]["objective"])
         gap = objective[:-50] / objective[-1] - 1.0
         stop = result["tv"]["iterations"]
@@ -188,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fields:
         for setting in args.settings:
             fields = results.setdefault(setting, {}).setdefault("fields", {})
-            fields.update(study_fields(setting, args.n_val, args.fields, args.steps))
+            fields.update(study_fields(setting, args.n_val, args.fields, args.steps, fields))
             _write(results, path)
         print(f"wrote {path}")
         return 0

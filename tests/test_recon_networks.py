@@ -129,29 +129,53 @@ def test_linear_mmse_state_dict_round_trip_and_checks():
         LinearMMSE.estimate(op, images, op(images)[:10])
 
 
-def test_linear_mmse_from_built_in_phantoms_stores_its_recipe_and_rebuilds_w_bit_for_bit():
+def test_linear_mmse_from_built_in_phantoms_stores_its_recipe_and_rebuilds_w_bit_for_bit(caplog):
     geometry = ParallelBeamGeometry((16, 16), 4.0, uniform_angles(4), n_det=16, det_spacing=4.0)
     built = LinearMMSE.from_builtin_phantoms(geometry, 40, 1e4)
     scans = ellipse_ct_scans("train", 40, geometry, 1e4)
     direct = LinearMMSE.estimate(ParallelBeamProjector(geometry), scans.images, scans.projections)
     assert torch.equal(built.weight, direct.weight) and built.weight.abs().sum() > 0
+    assert built.recipe["n_ellipses"] == 10 and built.recipe["upsample"] == 2  # the defaults are written out
     state = built.state_dict()
     assert set(state) == {"recipe_json"} and state["recipe_json"].dtype == torch.uint8  # no W in the file
     loaded = LinearMMSE((16, 16), (4, 16))
-    loaded.load_state_dict(state)
+    with caplog.at_level("WARNING"):
+        loaded.load_state_dict(state)
+    assert "differs" not in caplog.text  # the rebuilt W has the recorded checksum
     assert torch.equal(loaded.weight, built.weight) and torch.equal(loaded.bias, built.bias)
     assert loaded.recipe == built.recipe and set(loaded.state_dict()) == {"recipe_json"}
     assert set(direct.state_dict()) == {"weight", "bias"}  # estimated from the user's data: W is stored
-    with pytest.raises(RuntimeError, match=r"recipe gives W of shape \(256, 64\)"):
+    with pytest.raises(RuntimeError, match=r"recipe is for images \(16, 16\) from measurements \(4, 16\)"):
         LinearMMSE((8, 8), (4, 16)).load_state_dict(state)
     with pytest.raises(RuntimeError, match="Unexpected key"):
         LinearMMSE((16, 16), (4, 16)).load_state_dict({**state, "weight": built.weight})
+    with pytest.raises(RuntimeError, match="lacks"):
+        LinearMMSE((16, 16), (4, 16)).load_state_dict({"recipe_json": torch.tensor(list(b'{"source": "monai_ext.data.ellipse_ct_scans", "split": "train"}'), dtype=torch.uint8)})
+    # a partial load that leaves W alone keeps the recipe; a W changed in place is stored itself, not the stale recipe
+    loaded.load_state_dict({}, strict=False)
+    assert set(loaded.state_dict()) == {"recipe_json"}
+    with torch.no_grad():
+        loaded.weight[0, 0] += 1.0
+    assert set(loaded.state_dict()) == {"weight", "bias"}
+
+
+def test_linear_mmse_without_an_estimator_refuses_to_reconstruct():
+    from monai.networks.utils import copy_model_state
+
+    geometry = ParallelBeamGeometry((16, 16), 4.0, uniform_angles(4), n_det=16, det_spacing=4.0)
+    built = LinearMMSE.from_builtin_phantoms(geometry, 40, 1e4)
+    empty = LinearMMSE((16, 16), (4, 16))
+    copy_model_state(empty, built)  # matches keys only: the recipe is skipped
+    with pytest.raises(ValueError, match="holds no estimator"):
+        empty(torch.rand(1, 1, 4, 16))
 
 
 def test_post_processing_is_residual_and_freezes_the_initial_reconstruction():
     geometry = ParallelBeamGeometry((16, 16), 4.0, uniform_angles(4), n_det=16, det_spacing=4.0)
     denoiser = ConvBlock(2, 1, 1, features=4, zero_last=True)
-    mmse = LinearMMSE((16, 16), (4, 16), storage_dtype=torch.float32)
+    images = torch.rand(40, 1, 16, 16)
+    projector = ParallelBeamProjector(geometry)
+    mmse = LinearMMSE.estimate(projector, images, projector(images), storage_dtype=torch.float32)
     for initial in (FBP(geometry, "hann"), mmse):
         net = PostProcessingNet(initial, denoiser)
         y = torch.rand(2, 1, 4, 16)

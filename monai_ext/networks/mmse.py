@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -14,6 +15,8 @@ from monai_ext.operators import check_measurements
 __all__ = ["LinearMMSE"]
 
 logger = logging.getLogger(__name__)
+
+_PHANTOM_ARGUMENTS = ("n_ellipses", "mu_max", "upsample", "noise_seed")
 
 RECIPE_KEY = "recipe_json"
 """State-dict entry (after the module's prefix) that holds a built-in estimator's recipe instead of ``W`` and ``b``."""
@@ -128,7 +131,9 @@ class LinearMMSE(nn.Module):
     ) -> LinearMMSE:
         """:meth:`estimate` on the first ``n`` training phantoms of :func:`monai_ext.data.ellipse_ct_scans`.
 
-        The module remembers how it was made, so its state dict stores the recipe, not ``W`` (see the class notes).
+        The module remembers how it was made, so its state dict stores the recipe, not ``W`` (see the class notes):
+        every argument of the phantoms and scans (their defaults written out, so a later change of a default cannot
+        change ``W`` unnoticed) and the SHA-256 of the stored ``W`` and ``b``, against which a rebuilt ``W`` is checked.
 
         Args:
             geometry: a ``monai_ext.tomo.ParallelBeamGeometry``.
@@ -137,18 +142,32 @@ class LinearMMSE(nn.Module):
             ridge: relative diagonal loading (as in :meth:`estimate`).
             storage_dtype: dtype in which ``W`` and ``b`` are kept.
         """
+        import inspect
+
+        from monai_ext.data import ellipse_ct_scans
         from monai_ext.io.files import geometry_to_dict
 
+        defaults = {name: p.default for name, p in inspect.signature(ellipse_ct_scans).parameters.items() if name in _PHANTOM_ARGUMENTS}
         recipe = {
-            "source": "monai_ext.data.ellipse_ct_scans",
-            "split": "train",
-            "n": int(n),
-            "i0": None if i0 is None else float(i0),
-            "geometry": geometry_to_dict(geometry),
-            "ridge": float(ridge),
+            "source": "monai_ext.data.ellipse_ct_scans", "split": "train", "n": int(n), "i0": None if i0 is None else float(i0),
+            **defaults, "geometry": geometry_to_dict(geometry), "ridge": float(ridge),
             "storage_dtype": str(storage_dtype).removeprefix("torch."),
         }
-        return cls._from_recipe(recipe)
+        module = cls._from_recipe(recipe)
+        module.recipe = {**recipe, "sha256": module._checksum()}
+        return module
+
+    @staticmethod
+    def _checked_recipe(recipe, key: str) -> dict:
+        required = {"source", "split", "n", "i0", "geometry", "ridge", "storage_dtype", *_PHANTOM_ARGUMENTS}
+        if not isinstance(recipe, dict) or recipe.get("source") != "monai_ext.data.ellipse_ct_scans" or recipe.get("split") != "train":
+            raise ValueError(f"{key}: unknown linear-MMSE recipe {recipe!r}: expected the built-in training phantoms of monai_ext.data.ellipse_ct_scans.")
+        lacking = sorted(required - set(recipe))
+        if lacking:
+            raise ValueError(f"{key}: the linear-MMSE recipe lacks {lacking}.")
+        if not isinstance(getattr(torch, str(recipe["storage_dtype"]), None), torch.dtype):
+            raise ValueError(f"{key}: storage_dtype {recipe['storage_dtype']!r} of the linear-MMSE recipe is not a torch dtype.")
+        return recipe
 
     @classmethod
     def _from_recipe(cls, recipe: dict) -> LinearMMSE:
@@ -156,18 +175,23 @@ class LinearMMSE(nn.Module):
         from monai_ext.io.files import geometry_from_dict
         from monai_ext.tomo import ParallelBeamProjector
 
-        if recipe.get("source") != "monai_ext.data.ellipse_ct_scans" or recipe.get("split") != "train":
-            raise ValueError(f"unknown linear-MMSE recipe {recipe!r}: expected the built-in training phantoms of monai_ext.data.ellipse_ct_scans.")
         geometry = geometry_from_dict(recipe["geometry"])
-        scans = ellipse_ct_scans("train", recipe["n"], geometry, recipe["i0"])
+        scans = ellipse_ct_scans("train", recipe["n"], geometry, recipe["i0"], **{name: recipe[name] for name in _PHANTOM_ARGUMENTS})
         module = cls.estimate(
             ParallelBeamProjector(geometry), scans.images, scans.projections, recipe["ridge"], getattr(torch, recipe["storage_dtype"])
         )
-        module.recipe = recipe
+        module.recipe = dict(recipe)
         return module
 
+    def _checksum(self) -> str:
+        digest = hashlib.sha256()
+        for tensor in (self.weight, self.bias):
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        if self.recipe is None:
+        # the recipe only while W is still the one it makes (a W changed since is stored itself)
+        if self.recipe is None or self.recipe.get("sha256") != self._checksum():
             super()._save_to_state_dict(destination, prefix, keep_vars)
         else:
             destination[prefix + RECIPE_KEY] = torch.tensor(list(json.dumps(self.recipe, sort_keys=True).encode()), dtype=torch.uint8)
@@ -176,27 +200,54 @@ class LinearMMSE(nn.Module):
         key = prefix + RECIPE_KEY
         if key not in state_dict:
             super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-            self.recipe = None
+            if prefix + "weight" in state_dict:
+                self.recipe = None  # W given itself
             return
-        recipe = json.loads(bytes(state_dict[key].tolist()).decode())
-        logger.info(f"estimating the linear MMSE reconstruction again from its recipe ({recipe['n']} built-in training phantoms)")
-        rebuilt = self._from_recipe(recipe)
-        if rebuilt.weight.shape != self.weight.shape:
+        for hook in self._load_state_dict_pre_hooks.values():
+            hook(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        try:
+            recipe = self._checked_recipe(json.loads(bytes(state_dict[key].tolist()).decode()), key)
+            expected = (tuple(recipe["geometry"]["image_shape"]), (len(recipe["geometry"]["angles"]), recipe["geometry"]["n_det"]))
+        except (ValueError, KeyError, TypeError) as err:  # TypeError/KeyError: a geometry of another type
+            error_msgs.append(f"{key}: cannot read the linear-MMSE recipe: {err}")
+            return
+        if expected != (self.image_shape, self.projection_shape):
             error_msgs.append(
-                f"{key}: the recipe gives W of shape {tuple(rebuilt.weight.shape)}, this module has {tuple(self.weight.shape)} "
-                f"(image {self.image_shape}, measurements {self.projection_shape})."
+                f"{key}: the recipe is for images {expected[0]} from measurements {expected[1]}, this module has images "
+                f"{self.image_shape} from measurements {self.projection_shape}."
             )
             return
-        with torch.no_grad():
-            self.weight.copy_(rebuilt.weight)
-            self.bias.copy_(rebuilt.bias)
-        self.recipe = recipe
         if strict:
-            unexpected_keys.extend(k for k in state_dict if k.startswith(prefix) and k != key and "." not in k[len(prefix):])
+            unexpected_keys.extend(k for k in state_dict if k.startswith(prefix) and k != key)
+        if self.recipe == recipe and self._checksum() == recipe.get("sha256"):
+            return  # this W already
+        logger.info(f"estimating the linear MMSE reconstruction again from its recipe ({recipe['n']} built-in training phantoms)")
+        rebuilt = self._from_recipe(recipe)
+        if recipe.get("sha256") not in (None, rebuilt._checksum()):
+            logger.warning(
+                f"{key}: the linear MMSE matrix estimated again differs from the one stored when the network was trained "
+                "(another BLAS, thread count or library version changes the last bits); reconstructions may differ slightly."
+            )
+        assign = local_metadata.get("assign_to_params_buffers", False) or self.weight.is_meta
+        with torch.no_grad():
+            for name in ("weight", "bias"):
+                value = getattr(rebuilt, name)
+                if assign:
+                    setattr(self, name, value.to(self.weight.device if not self.weight.is_meta else "cpu"))
+                else:
+                    getattr(self, name).copy_(value)
+        self.recipe = recipe
 
     def forward(self, projections: torch.Tensor) -> torch.Tensor:
         """``W y + b`` for ``(B, 1, *projection_shape)`` measurements; returns ``(B, 1, *image_shape)``."""
         check_measurements(self, projections)
+        if not bool(self.weight.any()):
+            raise ValueError(
+                "this LinearMMSE holds no estimator (W is all zero): build it with LinearMMSE.estimate or "
+                "from_builtin_phantoms, or load a state dict holding its W or its recipe with load_state_dict "
+                "(a loader that copies only the keys both sides share, such as monai.networks.utils.copy_model_state, "
+                "skips the recipe)."
+            )
         flat = projections.reshape(projections.shape[0], projections.shape[1], -1)
         out = flat @ self.weight.to(flat.dtype).T + self.bias.to(flat.dtype)
         return out.reshape(*projections.shape[:2], *self.image_shape)
