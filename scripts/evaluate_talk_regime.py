@@ -261,13 +261,12 @@ def main(argv: list[str] | None = None) -> int:
             earlier[setting]["cpu_seconds_per_volume"] = previous.get("cpu_seconds_per_volume_by_setting", {}).get(setting, {})
     # first what is kept (checked against the current provenance, nothing run), then each setting run now, written
     # after each so that an interrupted run loses nothing measured
-    results = {s: keep_earlier(args.bundle, s, earlier[s], evaluate(args.bundle, s, args.n_test, baselines, [])) for s in SETTINGS if s in earlier}
+    results = {s: keep_earlier(args.bundle, s, earlier[s], evaluate(args.bundle, s, args.n_test, baselines, []))
+               for s in SETTINGS if s in earlier and s not in args.settings}
     for setting in args.settings:
         fresh = evaluate(args.bundle, setting, args.n_test, baselines, args.methods)
         results[setting] = keep_earlier(args.bundle, setting, earlier[setting], fresh) if setting in earlier else fresh
         write(args.bundle, {s: results[s] for s in SETTINGS if s in results}, args.n_test, path, memory)
-    if not args.settings:
-        write(args.bundle, results, args.n_test, path, memory)
     print(f"wrote {path}")
     return 0
 

@@ -107,7 +107,7 @@ def score_trained(method: str, setting: str, n_val: int) -> float:
 def study_fields(setting: str, n_val: int, methods: list[str], steps: list[int], previous: dict | None = None) -> dict:
     """Mean validation PSNR and CPU seconds per volume of each neural field at each step count (module notes);
     the candidates of ``previous`` (an earlier run's ``fields`` on the same ``n_val`` phantoms) are kept."""
-    from evaluate_talk_regime import FIELD_METHODS, trained_network  # this folder, beside this script
+    from evaluate_talk_regime import FIELD_METHODS, _same, trained_network  # this folder, beside this script
 
     views, noise = setting.split("_", 1)
     scans = textured_cbct_scans("validation", n_val, talk_regime_geometry(views), TALK_REGIME["i0"] if noise == "noisy" else None)
@@ -119,7 +119,7 @@ def study_fields(setting: str, n_val: int, methods: list[str], steps: list[int],
         fingerprint = {**identity, "fit": {k: v for k, v in identity["fit"].items() if k != "n_steps"}, "n_val": n_val}
         earlier = (previous or {}).get(method, {})
         # an earlier run's candidates count only if measured with the same fit, field or backbone and phantoms
-        candidates = dict(earlier.get("candidates", {})) if json.dumps(earlier.get("fingerprint"), sort_keys=True) == json.dumps(fingerprint, sort_keys=True) else {}
+        candidates = dict(earlier.get("candidates", {})) if _same(earlier.get("fingerprint"), fingerprint) else {}
         for n_steps in sorted(steps):
             network, _ = trained_network("cbct_neural_field", method, views, {f"fit#{FIELD_METHODS[method]}#n_steps": n_steps})
             scores, seconds = [], []

@@ -177,11 +177,9 @@ class LinearMMSE(nn.Module):
 
         geometry = geometry_from_dict(recipe["geometry"])
         scans = ellipse_ct_scans("train", recipe["n"], geometry, recipe["i0"], **{name: recipe[name] for name in _PHANTOM_ARGUMENTS})
-        module = cls.estimate(
+        return cls.estimate(
             ParallelBeamProjector(geometry), scans.images, scans.projections, recipe["ridge"], getattr(torch, recipe["storage_dtype"])
         )
-        module.recipe = dict(recipe)
-        return module
 
     def _checksum(self) -> str:
         digest = hashlib.sha256()
